@@ -1,0 +1,27 @@
+# Two commands a new user needs: `make demo` (the main job) and `make test` (the suite).
+# Both create or update .venv first. torch 2.13.0 is installed on its own first: a bare `torch` requirement
+# would pull a multi-GB CUDA build where a CPU wheel suffices.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/lit-rl fit --config cli_configs/remax.yaml
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 tests
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,263 @@
+"""The one training loop.
+
+``PolicyModule`` owns the policy, its optimizer, generation and held-out validation; SFT and every RL
+algorithm subclass it. ``RLModule`` adds the on-policy loop: sample ``G`` completions per prompt, score them,
+compute log-probs of the old policy and the reference, advantages (the algorithm's), then one or more
+optimizer steps over micro-batches with a global normaliser. An algorithm overrides :meth:`RLModule.advantages`
+and/or :meth:`RLModule.policy_loss`, nothing else.
+"""
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from lit_rl.objectives import Aggregation, KLEstimator, aggregate, kl_penalty, policy_gradient_loss, zero_std_groups
+from lit_rl.policy import LoraSettings, Policy
+from lit_rl.rewards import RewardFunction, score_all
+from lit_rl.rollout import HFEngine, RolloutBatch, RolloutEngine, Sampling
+from lit_rl.tasks.countdown import CountdownReward
+
+DEFAULT_MODEL = "builtin:countdown-init"
+
+
+def check_finite(value: Tensor, what: str, step: int) -> None:
+    """Stop training on NaN/inf before anything is stepped or saved: checkpoints on disk stay the last good."""
+    if not torch.isfinite(value).all():
+        raise FloatingPointError(f"{what} is {value.item() if value.numel() == 1 else 'not finite'} at global "
+                                 f"step {step}: training stopped; the checkpoints on disk hold the last good weights")
+
+
+class PolicyModule(LightningModule):
+    """Policy, optimizer, sampling and held-out validation shared by every lit-rl module."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        reward: RewardFunction | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        dtype: str = "float32",
+        lora: LoraSettings | None = None,
+        gradient_checkpointing: bool = False,
+        engine: RolloutEngine | None = None,
+        val_sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=32),
+    ) -> None:
+        """
+        Args:
+            model: a local directory, a hub id, or ``builtin:NAME`` for a model shipped with lit-rl.
+            reward: scores a completion; defaults to the Countdown verifier's ``original`` scheme.
+            optimizer: the optimizer, e.g. ``torch.optim.AdamW`` with ``init_args.lr``.
+            lr_scheduler: optional scheduler, stepped once per optimizer step.
+            dtype: the dtype the weights are loaded in.
+            lora: train a LoRA adapter instead of all weights (the reference is then the adapter-disabled model).
+            gradient_checkpointing: trade compute for activation memory.
+            engine: the rollout engine; defaults to ``HFEngine`` (``transformers`` ``generate``).
+            val_sampling: decoding used for validation on the held-out split (greedy by default).
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["reward", "optimizer", "lr_scheduler", "engine"])
+        self.policy = Policy.load(model, dtype, lora, gradient_checkpointing)
+        self.reward_fn = reward if reward is not None else CountdownReward()
+        self.optimizer_fn, self.lr_scheduler_fn = optimizer, lr_scheduler
+        self.engine = engine if engine is not None else HFEngine()
+        self.engine.bind(self.policy.model, self.policy.tokenizer)
+        self.val_sampling = val_sampling
+        self.val_accuracy, self.val_reward = MeanMetric(), MeanMetric()
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_fn([p for p in self.policy.parameters() if p.requires_grad])
+        if self.lr_scheduler_fn is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler_fn(optimizer), "interval": "step"}}
+
+    @torch.no_grad()
+    def sample(self, prompt_ids: Tensor, prompt_mask: Tensor, metas: list[dict], sampling: Sampling,
+               n: int = 1) -> RolloutBatch:
+        """Generate ``n`` completions per prompt and score them: a rollout batch without log-probs yet."""
+        generation = self.engine.generate(prompt_ids, prompt_mask, sampling, n)
+        texts = self.policy.decode(generation.completion_ids, generation.completion_mask)
+        metas = [m for m in metas for _ in range(n)]
+        scores = score_all(self.reward_fn, texts, metas)
+        device = prompt_ids.device
+        return RolloutBatch(
+            prompt_ids=prompt_ids.repeat_interleave(n, 0), prompt_mask=prompt_mask.repeat_interleave(n, 0),
+            completion_ids=generation.completion_ids, completion_mask=generation.completion_mask,
+            scores=torch.tensor([s.reward for s in scores], dtype=torch.float32, device=device),
+            correct=torch.tensor([s.correct for s in scores], dtype=torch.bool, device=device),
+            metas=metas, group_size=n)
+
+    def encode(self, prompts: list[str], sampling: Sampling) -> tuple[Tensor, Tensor]:
+        return self.policy.encode_prompts(prompts, sampling.max_new_tokens)
+
+    def validation_step(self, batch: dict[str, list], batch_idx: int) -> None:
+        rollout = self.sample(*self.encode(batch["prompt"], self.val_sampling), batch["meta"], self.val_sampling)
+        self.val_accuracy.update(rollout.correct.float())
+        self.val_reward.update(rollout.scores)
+        self.log("val/accuracy", self.val_accuracy, prog_bar=True, batch_size=len(rollout))
+        self.log("val/reward_mean", self.val_reward, batch_size=len(rollout))
+
+
+class RLModule(PolicyModule):
+    """On-policy RL: the loop every algorithm shares. Subclasses implement :meth:`advantages`."""
+
+    def __init__(
+        self,
+        *,
+        group_size: int = 4,
+        sampling: Sampling = Sampling(),
+        aggregation: Aggregation = "seq_mean_token_mean",
+        kl_coef: float = 0.0,
+        kl_estimator: KLEstimator = "k3",
+        kl_in_reward: bool = False,
+        log_kl: bool = True,
+        max_grad_norm: float | None = 1.0,
+        micro_batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            group_size: completions sampled per prompt (``G``).
+            sampling: decoding for rollouts; log-probs use the same temperature.
+            aggregation: how per-token losses become a scalar (see ``lit_rl.objectives.aggregate``).
+            kl_coef: weight ``beta`` of the KL penalty to the reference (0: no penalty).
+            kl_estimator: ``k1``, ``k2`` or ``k3`` for the per-token KL in the loss.
+            kl_in_reward: put ``-beta * sum_t (l_old - l_ref)`` into the reward (RLOO/ReMax style) instead of
+                ``beta * k`` into the loss (GRPO style).
+            log_kl: keep a frozen reference even when ``kl_coef = 0`` so ``train/kl`` is logged.
+            max_grad_norm: clip the gradient norm (``None``: no clipping; the norm is logged either way).
+            micro_batch_size: rows per forward/backward; gradients accumulate to one optimizer step.
+        """
+        super().__init__(**kwargs)
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1 (got {group_size})")
+        if kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0 (got {kl_coef})")
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1 or null (got {micro_batch_size})")
+        self.group_size, self.sampling, self.aggregation = group_size, sampling, aggregation
+        self.kl_coef, self.kl_estimator, self.kl_in_reward = kl_coef, kl_estimator, kl_in_reward
+        self.max_grad_norm, self.micro_batch_size = max_grad_norm, micro_batch_size
+        self.num_iterations, self.mini_batches = 1, 1                   # GRPO reuses a rollout; on-policy PG does not
+        self.automatic_optimization = False
+        if kl_coef > 0 or log_kl:
+            self.policy.enable_reference()
+
+    # ------------------------------------------------------------------------- what an algorithm overrides
+    def advantages(self, rollout: RolloutBatch) -> Tensor:
+        """Detached advantages ``[B]`` (sequence-level) or ``[B, C]`` (per token) of a scored rollout."""
+        raise NotImplementedError
+
+    def policy_loss(self, logps: Tensor, batch: RolloutBatch) -> tuple[Tensor, Tensor | None]:
+        """Per-token loss ``[b, C]`` and a mask of clipped tokens (``None`` if the loss never clips).
+        Default: the on-policy REINFORCE surrogate ``-A * l_t``."""
+        return policy_gradient_loss(logps, batch.advantages), None
+
+    def collect(self, prompt_ids: Tensor, prompt_mask: Tensor, metas: list[dict]) -> RolloutBatch:
+        """Sample and score ``G`` completions per prompt (GRPO's dynamic sampling overrides this)."""
+        return self.sample(prompt_ids, prompt_mask, metas, self.sampling, self.group_size)
+
+    # ------------------------------------------------------------------------------------- the shared loop
+    @property
+    def needs_old_logps(self) -> bool:
+        return self.num_iterations > 1 or self.mini_batches > 1 or (self.kl_in_reward and self.kl_coef > 0)
+
+    @torch.no_grad()
+    def make_rollout(self, batch: dict[str, list]) -> RolloutBatch:
+        rollout = self.collect(*self.encode(batch["prompt"], self.sampling), batch["meta"])
+        self.log_rollout(rollout)
+        if self.needs_old_logps:
+            rollout.old_logps = self._rowwise(rollout, self.policy.logps)
+        if self.policy.has_reference:
+            rollout.ref_logps = self._rowwise(rollout, self.policy.reference_logps)
+        rollout.rewards = rollout.scores
+        if self.kl_in_reward and self.kl_coef > 0:
+            seq_kl = (kl_penalty(rollout.old_logps, rollout.ref_logps, "k1") * rollout.completion_mask).sum(-1)
+            rollout.rewards = rollout.scores - self.kl_coef * seq_kl     # [B]
+        rollout.advantages = self.advantages(rollout)
+        for callback in self.trainer.callbacks if self._trainer is not None else []:
+            if callable(hook := getattr(callback, "on_rollout_end", None)):
+                hook(self.trainer, self, rollout)
+        return rollout
+
+    def _rowwise(self, rollout: RolloutBatch, logps_fn: Any) -> Tensor:
+        """Log-probs of the whole rollout, ``micro_batch_size`` rows at a time (full completion width)."""
+        size = self.micro_batch_size or len(rollout)
+        fields = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
+        out = [logps_fn(*(f[s:s + size] for f in fields), self.sampling.logit_temperature)
+               for s in range(0, len(rollout), size)]
+        return torch.cat([o[0] if isinstance(o, tuple) else o for o in out]) * rollout.completion_mask
+
+    def training_step(self, batch: dict[str, list], batch_idx: int) -> dict[str, Tensor]:
+        rollout = self.make_rollout(batch)
+        stats: dict[str, Tensor] = {}
+        for _ in range(self.num_iterations):
+            order = torch.randperm(len(rollout)) if self.mini_batches > 1 else torch.arange(len(rollout))
+            for index in order.chunk(self.mini_batches):
+                self.optimize(rollout.select(index), stats)
+        return stats
+
+    def normalisers(self, batch: RolloutBatch) -> dict[str, Any]:
+        """The global normalisers of one optimizer step's batch, shared by all its micro-batches."""
+        return {"num_seqs": len(batch), "num_tokens": batch.completion_mask.sum().clamp(min=1),
+                "max_len": self.sampling.max_new_tokens}
+
+    def micro_loss(self, micro: RolloutBatch, normalisers: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss of one micro-batch, already divided by the step's global normaliser, and token-sum stats."""
+        logps, entropy = self.policy.logps(micro.prompt_ids, micro.prompt_mask, micro.completion_ids,
+                                           micro.completion_mask, self.sampling.logit_temperature, entropy=True)
+        token_loss, clipped = self.policy_loss(logps, micro)                    # [b, C]
+        mask = micro.completion_mask
+        stats = {"entropy": (entropy * mask).sum(), "tokens": mask.sum()}
+        if micro.ref_logps is not None:
+            kl = kl_penalty(logps, micro.ref_logps, self.kl_estimator)          # [b, C]
+            if self.kl_coef > 0 and not self.kl_in_reward:
+                token_loss = token_loss + self.kl_coef * kl
+            stats["kl"] = (kl.detach() * mask).sum()
+        if clipped is not None:
+            stats["clipped"] = (clipped.float() * mask).sum()
+        return aggregate(token_loss, mask, self.aggregation, **normalisers), stats
+
+    def optimize(self, batch: RolloutBatch, stats: dict[str, Tensor]) -> None:
+        """One optimizer step on ``batch``: micro-batches accumulate gradients under the batch's normaliser."""
+        optimizer, normalisers = self.optimizers(), self.normalisers(batch)
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in batch.split(self.micro_batch_size):
+            loss, micro_stats = self.micro_loss(micro, normalisers)
+            check_finite(loss, "loss", self.global_step)
+            self.manual_backward(loss)
+            loss_sum += loss.detach()
+            for key, value in micro_stats.items():
+                stats[key] = stats.get(key, 0) + value.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.policy.parameters() if p.requires_grad], self.max_grad_norm or float("inf"))
+        check_finite(grad_norm, "gradient norm", self.global_step)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (scheduler := self.lr_schedulers()) is not None:
+            scheduler.step()
+        self.log("train/loss", loss_sum, prog_bar=True, batch_size=len(batch))
+        self.log("train/grad_norm", grad_norm, batch_size=len(batch))
+
+    def log_rollout(self, rollout: RolloutBatch) -> None:
+        scores, size = rollout.scores, len(rollout)
+        metrics = {
+            "rollout/reward_mean": scores.mean(),
+            "rollout/reward_std": scores.std() if size > 1 else torch.zeros(()),
+            "rollout/accuracy": rollout.correct.float().mean(),
+            "rollout/completion_length": rollout.completion_mask.sum(-1).float().mean(),
+        }
+        if rollout.group_size > 1:
+            metrics["rollout/frac_zero_std_groups"] = zero_std_groups(scores, rollout.group_size).float().mean()
+        self.log_dict(metrics, batch_size=size)
+
+    def configure_callbacks(self) -> list:
+        """Ship the callbacks the loop relies on, unless the trainer already has one of the same type."""
+        from lit_rl.callbacks import KLEntropyTracker, RolloutRefresh
+
+        present = {type(c) for c in self.trainer.callbacks}
+        return [c for c in (RolloutRefresh(), KLEntropyTracker()) if type(c) not in present]
+

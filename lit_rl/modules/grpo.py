@@ -1,0 +1,88 @@
+"""GRPO: group-normalised advantages, a clipped surrogate and a KL penalty in the loss."""
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lit_rl.modules.base import RLModule
+from lit_rl.objectives import GroupScale, clipped_policy_loss, grpo_advantages, zero_std_groups
+from lit_rl.rollout import RolloutBatch
+
+
+class GRPO(RLModule):
+    """Changes the base's advantage to ``(r - mean_group) / std`` and its loss to the PPO clip
+    (Shao et al. 2024, eq. 3), with ``beta * k3`` to the reference in the loss.
+
+    Options beyond the paper: clip-higher (``eps_high``, DAPO), dual clip, ``scale="none"`` (Dr. GRPO),
+    ``num_iterations`` passes over ``mini_batches`` of one rollout against stored old log-probs, and
+    dynamic sampling. Departure (dynamic sampling): DAPO refills with *new* prompts; lit-rl re-samples the
+    dropped groups' own prompts, so the batch keeps its prompts and the data loader stays one batch per step.
+    """
+
+    def __init__(
+        self,
+        *,
+        group_size: int = 4,
+        scale: GroupScale = "group",
+        eps_low: float = 0.2,
+        eps_high: float = 0.2,
+        dual_clip: float | None = None,
+        kl_coef: float = 0.04,
+        num_iterations: int = 1,
+        mini_batches: int = 1,
+        dynamic_sampling: bool = False,
+        max_resample_rounds: int = 3,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            scale: divide centred rewards by the ``group`` std, the ``batch`` std, or ``none``.
+            eps_low: lower clip ``1 - eps_low``.
+            eps_high: upper clip ``1 + eps_high`` (DAPO's clip-higher uses 0.28).
+            dual_clip: cap the loss of negative-advantage tokens at ``-c A`` (``c`` > 1, e.g. 3).
+            num_iterations: optimisation passes over each rollout batch (``mu`` in the paper).
+            mini_batches: optimizer steps per pass (the rollout is shuffled and split).
+            dynamic_sampling: re-sample groups whose rewards are all equal (they carry no signal).
+            max_resample_rounds: give up re-sampling after this many rounds and keep what is left.
+        """
+        if group_size < 2:
+            raise ValueError(f"GRPO needs group_size >= 2 samples per prompt (got group_size={group_size})")
+        if num_iterations < 1:
+            raise ValueError(f"num_iterations must be >= 1 (got {num_iterations})")
+        if mini_batches < 1:
+            raise ValueError(f"mini_batches must be >= 1 (got {mini_batches})")
+        super().__init__(group_size=group_size, kl_coef=kl_coef, **kwargs)
+        self.scale, self.eps_low, self.eps_high, self.dual_clip = scale, eps_low, eps_high, dual_clip
+        self.num_iterations, self.mini_batches = num_iterations, mini_batches
+        self.dynamic_sampling, self.max_resample_rounds = dynamic_sampling, max_resample_rounds
+
+    def advantages(self, rollout: RolloutBatch) -> Tensor:
+        return grpo_advantages(rollout.rewards, rollout.group_size, self.scale)
+
+    def policy_loss(self, logps: Tensor, batch: RolloutBatch) -> tuple[Tensor, Tensor]:
+        old_logps = batch.old_logps if batch.old_logps is not None else logps.detach()
+        return clipped_policy_loss(logps, old_logps, batch.advantages, self.eps_low, self.eps_high, self.dual_clip)
+
+    def collect(self, prompt_ids: Tensor, prompt_mask: Tensor, metas: list[dict]) -> RolloutBatch:
+        rollout = super().collect(prompt_ids, prompt_mask, metas)
+        if not self.dynamic_sampling:
+            return rollout
+        G = self.group_size
+        groups = [rollout.select(_rows(p, G)) for p in range(len(metas))]
+        flat = zero_std_groups(rollout.scores, G).tolist()              # [P]
+        rounds = 0
+        while any(flat) and rounds < self.max_resample_rounds:
+            redo = [p for p, is_flat in enumerate(flat) if is_flat]
+            fresh = super().collect(prompt_ids[redo], prompt_mask[redo], [metas[p] for p in redo])
+            for j, (p, still_flat) in enumerate(zip(redo, zero_std_groups(fresh.scores, G).tolist())):
+                if not still_flat:
+                    groups[p], flat[p] = fresh.select(_rows(j, G)), False
+            rounds += 1
+        self.log("rollout/resample_rounds", float(rounds), batch_size=len(rollout))
+        return RolloutBatch.cat(groups)
+
+
+def _rows(group: int, group_size: int) -> Tensor:
+    """Row indices of one group in a prompt-major batch."""
+    return torch.arange(group * group_size, (group + 1) * group_size)

@@ -1,0 +1,160 @@
+"""The policy: a Hugging Face causal LM and its tokenizer, per-token log-probs, and the reference model."""
+
+import copy
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_rl.logprobs import token_entropy, token_logps
+
+ASSETS = Path(__file__).parent / "assets"
+BUILTIN = "builtin:"
+
+
+@dataclass
+class LoraSettings:
+    """PEFT LoRA adapter settings (Hu et al. 2021)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+
+
+def resolve(name_or_path: str) -> str:
+    """``builtin:NAME`` is a model shipped inside the package (``lit_rl/assets/NAME``); anything else is
+    passed to ``from_pretrained`` as given (a local directory or a hub id)."""
+    if not name_or_path.startswith(BUILTIN):
+        return name_or_path
+    path = ASSETS / name_or_path[len(BUILTIN):]
+    if not path.is_dir():
+        shipped = sorted(p.name for p in ASSETS.iterdir() if p.is_dir())
+        raise FileNotFoundError(f"no built-in model {name_or_path!r}; shipped: {[BUILTIN + s for s in shipped]}")
+    return str(path)
+
+
+def sequence_inputs(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                    completion_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Concatenate left-padded prompts and right-padded completions. Position ids count real tokens only,
+    so the amount of padding never changes a log-prob."""
+    ids = torch.cat([prompt_ids, completion_ids], dim=1)                # [B, P+C]
+    attention = torch.cat([prompt_mask, completion_mask], dim=1).long()  # [B, P+C]
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)                 # [B, P+C]
+    return ids, attention, positions
+
+
+class Policy(nn.Module):
+    """A causal LM with the pieces RL needs. ``model`` is the trainable module; the frozen reference, when
+    one is needed, is kept outside the module tree (it never enters checkpoints) but follows its device."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        super().__init__()
+        self.model, self.tokenizer = model, tokenizer
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._reference: list[nn.Module] = []                           # a list hides it from nn.Module
+
+    @classmethod
+    def load(cls, name_or_path: str, dtype: str = "float32", lora: LoraSettings | None = None,
+             gradient_checkpointing: bool = False) -> "Policy":
+        path = resolve(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).train()
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                target_modules=lora.target_modules, task_type="CAUSAL_LM")
+            model = get_peft_model(model, config)
+        return cls(model, tokenizer)
+
+    # ---------------------------------------------------------------------------------------- reference
+    @property
+    def is_lora(self) -> bool:
+        return hasattr(self.model, "disable_adapter")
+
+    def enable_reference(self) -> None:
+        """Under LoRA the reference is the adapter-disabled model (no copy); otherwise a frozen copy."""
+        if self.is_lora or self._reference:
+            return
+        ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self._reference.append(ref)
+
+    @property
+    def has_reference(self) -> bool:
+        return self.is_lora or bool(self._reference)
+
+    def _apply(self, fn, recurse=True):                                 # .to(device) moves the reference too
+        super()._apply(fn, recurse)
+        for ref in self._reference:
+            ref._apply(fn, recurse)
+        return self
+
+    @torch.no_grad()
+    def reference_logps(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                        completion_mask: Tensor, temperature: float = 1.0) -> Tensor:
+        if self.is_lora:
+            with self.model.disable_adapter():
+                return self.logps(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)[0]
+        if not self._reference:
+            raise RuntimeError("no reference model: call enable_reference() first")
+        return self.logps(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
+                          model=self._reference[0])[0]
+
+    # ------------------------------------------------------------------------------------------ log-probs
+    def logps(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor,
+              temperature: float = 1.0, entropy: bool = False,
+              model: nn.Module | None = None) -> tuple[Tensor, Tensor | None]:
+        """Per-token log-probs ``[B, C]`` of the completion tokens under ``logits / temperature``, and their
+        entropy ``[B, C]`` if asked. Only the completion's logits are computed (``logits_to_keep``)."""
+        ids, attention, positions = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
+        num_completion = completion_ids.shape[1]
+        logits = (model or self.model)(input_ids=ids, attention_mask=attention, position_ids=positions,
+                                       logits_to_keep=num_completion + 1, use_cache=False).logits
+        logits = logits[:, :-1]                                         # [B, C, V]: position t-1 predicts t
+        logps = token_logps(logits, completion_ids, temperature)         # [B, C]
+        return logps, token_entropy(logits, temperature) if entropy else None
+
+    # ----------------------------------------------------------------------------------------- tokenising
+    def encode_prompts(self, texts: list[str], max_new_tokens: int) -> tuple[Tensor, Tensor]:
+        """Left-padded prompt ids and mask. Prompts that would not leave room for ``max_new_tokens`` inside
+        the model's context are cut from the left with a warning (never silently misaligned)."""
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        budget = None if context is None else context - max_new_tokens
+        if budget is not None and budget < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
+                             f"context of {context} tokens")
+        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        if budget is not None and any(len(e) > budget for e in encoded):
+            longest = max(map(len, encoded))
+            warnings.warn(f"prompts of up to {longest} tokens exceed the {budget} that fit beside "
+                          f"max_new_tokens={max_new_tokens} in a context of {context}; keeping their last "
+                          f"{budget} tokens", stacklevel=2)
+            encoded = [e[-budget:] for e in encoded]
+        return self._pad(encoded, left=True)
+
+    def encode_completions(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """Right-padded completion ids (each ending in EOS) and mask, for supervised targets."""
+        eos = self.tokenizer.eos_token_id
+        return self._pad([self.tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts],
+                         left=False)
+
+    def decode(self, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
+        return self.tokenizer.batch_decode([ids[m.bool()] for ids, m in zip(completion_ids, completion_mask)],
+                                           skip_special_tokens=True)
+
+    def _pad(self, rows: list[list[int]], left: bool) -> tuple[Tensor, Tensor]:
+        width = max(1, max(map(len, rows)))
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            ids[i, span], mask[i, span] = torch.tensor(row, dtype=torch.long), 1
+        device = next(self.model.parameters()).device
+        return ids.to(device), mask.to(device)

@@ -1,0 +1,162 @@
+"""Rollouts: sampling settings, the engine protocol (HF ``generate`` here; vLLM plugs in the same way),
+and :class:`RolloutBatch`, the scored samples one training step learns from."""
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lit_rl.logprobs import token_logps
+
+
+@dataclass
+class Sampling:
+    """Decoding settings. ``temperature = 0`` means greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"invalid sampling settings {self}: need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+
+    @property
+    def greedy(self) -> "Sampling":
+        return replace(self, temperature=0.0)
+
+    @property
+    def logit_temperature(self) -> float:
+        """The temperature the trainer divides logits by (1 for greedy decoding)."""
+        return self.temperature or 1.0
+
+
+@dataclass
+class Generation:
+    completion_ids: Tensor                                              # [B*n, C], right-padded
+    completion_mask: Tensor                                             # [B*n, C], 1 up to and including EOS
+    logps: Tensor | None = None                                         # [B*n, C], behaviour log-probs
+
+
+def completion_mask(completion_ids: Tensor, eos_token_ids: list[int]) -> Tensor:
+    """1 on tokens up to and including the first EOS, 0 after it."""
+    is_eos = torch.isin(completion_ids, torch.tensor(eos_token_ids, device=completion_ids.device)).long()
+    return ((is_eos.cumsum(-1) - is_eos) == 0).long()                   # [B, C]
+
+
+class RolloutEngine:
+    """Generates ``n`` completions per prompt and keeps its weights in step with the trained policy."""
+
+    def bind(self, model: nn.Module, tokenizer: Any) -> None:
+        """Attach the policy being trained (called once, by the module, in ``setup``)."""
+        raise NotImplementedError
+
+    def generate(self, prompt_ids: Tensor, prompt_mask: Tensor, sampling: Sampling, n: int = 1) -> Generation:
+        """Completions for each prompt, prompt-major: row ``p * n + i`` is sample ``i`` of prompt ``p``."""
+        raise NotImplementedError
+
+    def sync_weights(self, model: nn.Module) -> None:
+        """Push the policy's current weights to the engine (a no-op where they are shared)."""
+
+
+class HFEngine(RolloutEngine):
+    """Samples with ``transformers`` ``generate`` on the training model itself, so weights are always in sync."""
+
+    def bind(self, model: nn.Module, tokenizer: Any) -> None:
+        self.model, self.tokenizer = model, tokenizer
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: Tensor, prompt_mask: Tensor, sampling: Sampling, n: int = 1) -> Generation:
+        from transformers import GenerationConfig
+
+        eos = self.tokenizer.eos_token_id
+        do_sample = sampling.temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens, do_sample=do_sample, num_beams=1,
+            temperature=sampling.temperature if do_sample else None, top_p=sampling.top_p if do_sample else None,
+            top_k=sampling.top_k if do_sample else None, eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id,
+            return_dict_in_generate=True, output_logits=do_sample, use_cache=True)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = self.model.generate(input_ids=prompt_ids.repeat_interleave(n, 0),
+                                      attention_mask=prompt_mask.repeat_interleave(n, 0), generation_config=config)
+        finally:
+            self.model.train(was_training)
+        completion_ids = out.sequences[:, prompt_ids.shape[1]:]         # [B*n, C]
+        mask = completion_mask(completion_ids, [eos])
+        logps = None
+        if do_sample:                                                   # raw logits: the untruncated policy
+            logps = token_logps(torch.stack(out.logits, 1), completion_ids, sampling.temperature) * mask
+        return Generation(completion_ids * mask + self.tokenizer.pad_token_id * (1 - mask), mask, logps)
+
+
+TOKEN_FIELDS = frozenset({"completion_ids", "completion_mask", "old_logps", "ref_logps", "advantages"})
+
+
+@dataclass
+class RolloutBatch:
+    """Scored samples, prompt-major (``group_size`` consecutive rows share a prompt).
+
+    ``rewards`` are what advantages are computed from (task reward, minus a KL term when the KL penalty
+    lives in the reward); ``scores`` are the task rewards as the reward function returned them.
+    """
+
+    prompt_ids: Tensor                                                  # [B, P], left-padded
+    prompt_mask: Tensor                                                 # [B, P]
+    completion_ids: Tensor                                              # [B, C], right-padded
+    completion_mask: Tensor                                             # [B, C]
+    scores: Tensor                                                      # [B]
+    correct: Tensor                                                     # [B] bool
+    metas: list[dict[str, Any]]
+    group_size: int
+    rewards: Tensor | None = None                                       # [B]
+    old_logps: Tensor | None = None                                     # [B, C]
+    ref_logps: Tensor | None = None                                     # [B, C]
+    advantages: Tensor | None = None                                    # [B] or [B, C]
+
+    def __len__(self) -> int:
+        return self.prompt_ids.shape[0]
+
+    def select(self, index: Tensor | slice) -> "RolloutBatch":
+        """Rows ``index``; per-token fields are trimmed to the longest selected completion."""
+        index = torch.arange(len(self))[index] if isinstance(index, slice) else index.cpu()
+        width = int(self.completion_mask[index].sum(-1).max().clamp(min=1))
+        values = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Tensor):
+                v = v[index.to(v.device)]
+                v = v[:, :width] if f.name in TOKEN_FIELDS and v.dim() == 2 else v
+            elif f.name == "metas":
+                v = [v[i] for i in index.tolist()]
+            values[f.name] = v
+        return RolloutBatch(**values)
+
+    def split(self, size: int | None) -> list["RolloutBatch"]:
+        """Consecutive chunks of ``size`` rows (all rows if ``size`` is None)."""
+        size = size or len(self)
+        return [self.select(slice(s, s + size)) for s in range(0, len(self), size)]
+
+    @staticmethod
+    def cat(batches: list["RolloutBatch"]) -> "RolloutBatch":
+        """Stack batches of the same prompts' width; per-token fields are right-padded with zeros."""
+        width = max(b.completion_ids.shape[1] for b in batches)
+        values = {}
+        for f in fields(RolloutBatch):
+            parts = [getattr(b, f.name) for b in batches]
+            if f.name == "group_size":
+                values[f.name] = parts[0]
+            elif f.name == "metas":
+                values[f.name] = [m for part in parts for m in part]
+            elif parts[0] is None:
+                values[f.name] = None
+            elif f.name in TOKEN_FIELDS and parts[0].dim() == 2:
+                values[f.name] = torch.cat([nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+            else:
+                values[f.name] = torch.cat(parts)
+        return RolloutBatch(**values)

@@ -1,0 +1,40 @@
+"""Small Qwen2-style causal LMs built locally from a config, saved with ``save_pretrained`` and so loaded
+back through the same ``from_pretrained`` path a hub model takes. Tests use them; so does the built-in
+Countdown model. ``python -m lit_rl.tiny OUT_DIR`` writes the Countdown one."""
+
+import argparse
+from pathlib import Path
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from lit_rl.tasks.countdown import ALPHABET, WORDS
+from lit_rl.tokenizer import char_tokenizer
+
+
+def build_tiny_model(out_dir: str | Path, hidden_size: int = 128, num_layers: int = 4, head_dim: int = 32,
+                     max_positions: int = 256, seed: int = 0) -> Path:
+    """A randomly initialised model over the Countdown character vocabulary. ``head_dim >= 32`` keeps it
+    servable by vLLM's CPU backend."""
+    tokenizer = char_tokenizer(ALPHABET, WORDS)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=hidden_size // head_dim, num_key_value_heads=hidden_size // head_dim,
+        head_dim=head_dim, max_position_embeddings=max_positions, tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("out_dir")
+    parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--num-layers", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(build_tiny_model(args.out_dir, args.hidden_size, args.num_layers, seed=args.seed))
