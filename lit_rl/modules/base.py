@@ -22,6 +22,8 @@ from lit_rl.rollout import HFEngine, RolloutBatch, RolloutEngine, Sampling
 from lit_rl.tasks.countdown import CountdownReward
 
 DEFAULT_MODEL = "builtin:countdown-init"
+# Settings dataclasses are saved with the hyperparameters; let checkpoints load with torch's safe unpickler.
+torch.serialization.add_safe_globals([Sampling, LoraSettings])
 
 
 def check_finite(value: Tensor, what: str, step: int) -> None:

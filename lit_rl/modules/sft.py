@@ -14,13 +14,16 @@ class SFT(PolicyModule):
     (rloo-vs-topr-countdown eq. 1). Uses Lightning's automatic optimization, so ``accumulate_grad_batches``
     and ``gradient_clip_val`` of the Trainer apply as usual."""
 
-    def training_step(self, batch: dict[str, list], batch_idx: int) -> Tensor:
+    def loss(self, batch: dict[str, list]) -> Tensor:
         completion_ids, completion_mask = self.policy.encode_completions(batch["completion"])
         prompt_ids, prompt_mask = self.policy.encode_prompts(batch["prompt"], completion_ids.shape[1])
         logps, _ = self.policy.logps(prompt_ids, prompt_mask, completion_ids, completion_mask)
-        loss = aggregate(sft_loss(logps), completion_mask, "token_mean")
+        return aggregate(sft_loss(logps), completion_mask, "token_mean")
+
+    def training_step(self, batch: dict[str, list], batch_idx: int) -> Tensor:
+        loss = self.loss(batch)
         check_finite(loss, "loss", self.global_step)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(completion_ids))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["completion"]))
         return loss
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:

@@ -1,0 +1,23 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+from lit_rl.policy import Policy
+from lit_rl.tiny import build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A 2-layer Qwen2-style model with the Countdown character vocabulary, saved with save_pretrained:
+    loaded back through the same from_pretrained path a user's hub model takes."""
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny"), hidden_size=64, num_layers=2, max_positions=128))
+
+
+@pytest.fixture
+def policy(tiny_model_dir) -> Policy:
+    torch.manual_seed(0)
+    return Policy.load(tiny_model_dir)

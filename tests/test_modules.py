@@ -1,0 +1,237 @@
+"""The shared loop: invariants on the module's own loss path, every algorithm end to end on a tiny model,
+extension by one override, bad settings, NaN stops, and resuming."""
+
+import random
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.testing import assert_close
+
+from lit_rl import GRPO, REINFORCE, RLOO, SFT, CountdownData, GroupAdvantage, ReMax, RewardFunction, RolloutRefresh, Score
+from lit_rl.modules.base import RLModule
+from lit_rl.objectives import rloo_advantages, zero_std_groups
+from lit_rl.rollout import Sampling
+
+SAMPLING = Sampling(temperature=1.0, max_new_tokens=8)
+VAL = Sampling(temperature=0.0, max_new_tokens=8)
+
+
+def data(**kwargs) -> CountdownData:
+    dm = CountdownData(**{"batch_size": 4, "val_batch_size": 8, "train_size": 64, "val_size": 8, **kwargs})
+    dm.setup()
+    return dm
+
+
+def prompts(n: int = 4) -> dict[str, list]:
+    return next(iter(data(batch_size=n).train_dataloader()))
+
+
+def fit(module, steps: int, tmp_path=None, callbacks=(), ckpt_path=None, **kwargs) -> Trainer:
+    trainer = Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=bool(callbacks and tmp_path),
+                      callbacks=list(callbacks), num_sanity_val_steps=0, default_root_dir=tmp_path,
+                      **{"limit_val_batches": 1, **kwargs})
+    trainer.fit(module, datamodule=data(), ckpt_path=ckpt_path)
+    return trainer
+
+
+def grads(module, loss) -> list[torch.Tensor]:
+    params = [p for p in module.policy.parameters() if p.requires_grad]
+    return [g if g is not None else torch.zeros_like(p)
+            for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True), params)]
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"])
+def test_micro_batches_give_the_full_batch_gradient(tiny_model_dir, aggregation):
+    """1x8 and 8x1: the module's micro-batch losses (clip, old log-probs, KL in the loss) accumulate to the
+    full batch's gradient, whatever the aggregation."""
+    torch.manual_seed(0)
+    module = GRPO(model=tiny_model_dir, group_size=4, sampling=SAMPLING, aggregation=aggregation,
+                  num_iterations=2, kl_coef=0.1)
+    rollout = module.make_rollout(prompts(2))
+    with torch.no_grad():                                               # move off the old policy: ratios != 1
+        for p in module.policy.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    normalisers = module.normalisers(rollout)
+    full = grads(module, module.micro_loss(rollout, normalisers)[0])
+    accumulated = [torch.zeros_like(g) for g in full]
+    for micro in rollout.split(1):
+        for acc, g in zip(accumulated, grads(module, module.micro_loss(micro, normalisers)[0])):
+            acc += g
+    for a, f in zip(accumulated, full):
+        assert_close(a, f, rtol=1e-4, atol=1e-6)
+    assert sum(f.abs().sum() for f in full) > 0
+
+
+def test_old_logps_equal_current_logps_right_after_the_rollout(tiny_model_dir):
+    torch.manual_seed(0)
+    module = GRPO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, num_iterations=2)
+    rollout = module.make_rollout(prompts(2))
+    logps, _ = module.policy.logps(rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
+                                   rollout.completion_mask, SAMPLING.temperature)
+    assert_close(rollout.old_logps, logps * rollout.completion_mask, rtol=1e-5, atol=1e-5)
+    assert_close(rollout.ref_logps, rollout.old_logps, rtol=1e-5, atol=1e-5)   # nothing trained yet
+
+
+ALGORITHMS = [
+    (REINFORCE, {"baseline": "moving_average"}),
+    (ReMax, {"group_size": 2, "kl_coef": 0.05, "kl_in_reward": True}),
+    (RLOO, {"group_size": 2}),
+    (GRPO, {"group_size": 2, "num_iterations": 2, "mini_batches": 2, "eps_high": 0.28}),
+]
+
+
+@pytest.mark.parametrize("cls, kwargs", ALGORITHMS, ids=lambda x: getattr(x, "__name__", ""))
+def test_every_algorithm_trains_and_logs(tiny_model_dir, cls, kwargs):
+    torch.manual_seed(0)
+    module = cls(model=tiny_model_dir, sampling=SAMPLING, val_sampling=VAL, **kwargs)
+    before = [p.detach().clone() for p in module.policy.parameters()]
+    steps = 4 * module.num_iterations * module.mini_batches            # optimizer steps for 4 rollouts
+    trainer = fit(module, steps, val_check_interval=2)
+    assert trainer.global_step == steps
+    assert any(not torch.equal(b, p) for b, p in zip(before, module.policy.parameters()))
+    logged = set(trainer.callback_metrics)
+    for key in ("rollout/reward_mean", "rollout/reward_std", "rollout/accuracy", "rollout/completion_length",
+                "train/loss", "train/kl", "train/entropy", "train/grad_norm", "val/accuracy", "val/reward_mean"):
+        assert key in logged, key
+    if cls is not REINFORCE:
+        assert "rollout/frac_zero_std_groups" in logged
+    if cls is GRPO:
+        assert "train/clip_frac" in logged
+
+
+def test_sft_lowers_its_loss(tiny_model_dir):
+    torch.manual_seed(0)
+    module = SFT(model=tiny_model_dir, val_sampling=VAL, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
+    dm = data(demonstrations=True, batch_size=16)
+    batch = next(iter(dm.train_dataloader()))
+    first = module.loss(batch).item()
+    trainer = Trainer(accelerator="cpu", max_steps=30, logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    assert module.loss(batch).item() < 0.7 * first
+
+
+class CenteredReturn(RLModule):
+    """A new algorithm in one override: advantage = reward minus the batch's mean reward."""
+
+    seen: list = []
+
+    def advantages(self, rollout):
+        advantages = rollout.rewards - rollout.rewards.mean()
+        self.seen.append((rollout.rewards.clone(), advantages))
+        return advantages
+
+
+def test_a_new_objective_is_one_overridden_method(tiny_model_dir):
+    torch.manual_seed(0)
+    module = CenteredReturn(model=tiny_model_dir, group_size=2, sampling=SAMPLING, val_sampling=VAL)
+    fit(module, 2, limit_val_batches=0)
+    assert len(module.seen) == 2
+    for rewards, advantages in module.seen:
+        assert_close(advantages, rewards - rewards.mean())
+
+
+class ExplodesAtStep2(RLOO):
+    def policy_loss(self, logps, batch):
+        loss, clipped = super().policy_loss(logps, batch)
+        return (loss * float("nan") if self.global_step >= 2 else loss), clipped
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_model_dir, tmp_path):
+    torch.manual_seed(0)
+    module = ExplodesAtStep2(model=tiny_model_dir, group_size=2, sampling=SAMPLING, val_sampling=VAL)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True, save_top_k=-1)
+    with pytest.raises(FloatingPointError, match="loss is nan at global step 2"):
+        fit(module, 5, tmp_path, callbacks=[checkpoint], limit_val_batches=0)
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 2
+    for name, value in module.state_dict().items():                    # the weights were not stepped with NaN
+        assert torch.isfinite(value).all() and torch.equal(saved["state_dict"][name], value), name
+
+
+def test_resume_restores_module_and_callback_state(tiny_model_dir, tmp_path):
+    torch.manual_seed(0)
+    module = REINFORCE(model=tiny_model_dir, sampling=SAMPLING, val_sampling=VAL)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True)
+    fit(module, 2, tmp_path, callbacks=[checkpoint, RolloutRefresh(every_n_steps=2)], limit_val_batches=0)
+    ema = module.reward_ema.clone()
+    resumed = REINFORCE(model=tiny_model_dir, sampling=SAMPLING, val_sampling=VAL)
+    refresh = RolloutRefresh(every_n_steps=2)
+    seen = {}
+
+    class Probe(RolloutRefresh):                                        # reads state at the first resumed batch
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.setdefault("ema", pl_module.reward_ema.clone())
+            seen.setdefault("synced", refresh.last_synced_step)
+
+    trainer = fit(resumed, 3, tmp_path, callbacks=[ModelCheckpoint(dirpath=tmp_path / "2"), refresh, Probe()],
+                  ckpt_path=str(tmp_path / "last.ckpt"), limit_val_batches=0)
+    assert trainer.global_step == 3 and int(resumed.reward_ema_steps) == 3
+    assert_close(seen["ema"], ema) and seen["synced"] == 2
+
+
+def test_module_callbacks_do_not_override_the_users(tiny_model_dir):
+    module = RLOO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, val_sampling=VAL)
+    trainer = fit(module, 1, callbacks=[RolloutRefresh(every_n_steps=7)], limit_val_batches=0)
+    refreshes = [c for c in trainer.callbacks if isinstance(c, RolloutRefresh)]
+    assert [c.every_n_steps for c in refreshes] == [7]
+
+
+def test_group_advantage_callback_replaces_the_estimator(tiny_model_dir):
+    torch.manual_seed(0)
+    module = REINFORCE(model=tiny_model_dir, group_size=4, sampling=SAMPLING, baseline="none")
+    rollout = module.make_rollout(prompts(2))
+    rollout.rewards = torch.tensor([1.0, 0.0, 0.5, 0.0, 1.0, 1.0, 1.0, 0.0])
+    GroupAdvantage("rloo", clip=0.5).on_rollout_end(None, module, rollout)
+    assert_close(rollout.advantages, rloo_advantages(rollout.rewards, 4).clamp(-0.5, 0.5))
+
+
+class CoinReward(RewardFunction):
+    """Reward 1 with probability 0.2, from its own seeded generator."""
+
+    def __init__(self):
+        self.rng = random.Random(0)
+
+    def __call__(self, completion, meta):
+        return Score(float(self.rng.random() < 0.2))
+
+
+def test_dynamic_sampling_resamples_flat_groups(tiny_model_dir):
+    batch = prompts(8)
+    flat = {}
+    for dynamic in (False, True):
+        torch.manual_seed(0)
+        module = GRPO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, reward=CoinReward(),
+                      dynamic_sampling=dynamic, max_resample_rounds=10)
+        rollout = module.collect(*module.encode(batch["prompt"], SAMPLING), batch["meta"])
+        assert len(rollout) == 16 and [m["target"] for m in rollout.metas[::2]] == [m["target"] for m in batch["meta"]]
+        flat[dynamic] = zero_std_groups(rollout.scores, 2).float().mean().item()
+    assert flat[False] >= 0.5 and flat[True] <= 0.25
+
+
+class Broken(RewardFunction):
+    def __call__(self, completion, meta):
+        raise KeyError("target")
+
+
+def test_a_failing_reward_names_the_sample(tiny_model_dir):
+    module = RLOO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, reward=Broken())
+    with pytest.raises(RuntimeError, match="Broken failed on sample 0"):
+        module.make_rollout(prompts(2))
+
+
+@pytest.mark.parametrize("cls, kwargs, match", [
+    (RLOO, {"group_size": 1}, "group_size"),
+    (GRPO, {"group_size": 1}, "group_size"),
+    (GRPO, {"num_iterations": 0}, "num_iterations"),
+    (GRPO, {"mini_batches": 0}, "mini_batches"),
+    (REINFORCE, {"baseline_decay": 1.5}, "baseline_decay"),
+    (REINFORCE, {"kl_coef": -1.0}, "kl_coef"),
+    (REINFORCE, {"micro_batch_size": 0}, "micro_batch_size"),
+])
+def test_impossible_settings_name_the_setting(tiny_model_dir, cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(model=tiny_model_dir, **kwargs)
