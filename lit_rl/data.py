@@ -47,6 +47,9 @@ class CountdownData(LightningDataModule):
             raise ValueError(f"invalid puzzle settings: num_numbers={num_numbers}, range [{min_number}, {max_number}]")
         if not 0 <= wrong_fraction <= 1:
             raise ValueError(f"wrong_fraction must be in [0, 1] (got {wrong_fraction})")
+        if wrong_fraction > 0 and num_numbers < 2:
+            raise ValueError(f"wrong_fraction > 0 needs num_numbers >= 2 (got {num_numbers}): a puzzle of one "
+                             "number has no wrong answer")
         self.save_hyperparameters()
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.template, self.demonstrations, self.wrong_fraction, self.seed = template, demonstrations, wrong_fraction, seed

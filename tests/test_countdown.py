@@ -21,6 +21,7 @@ from lit_rl.tasks.countdown import (
     make_puzzle,
     make_split,
     verify,
+    wrong_answer,
 )
 
 PAPER_PROMPT = re.compile(r"Using the numbers \[(\d+(?:, \d+)*)\], create an equation that equals (\d+)\.\n?")
@@ -185,6 +186,11 @@ VERDICTS = [
     (answer("3 + 5 + 2") + " no, " + answer("(3 + 5) * 2"), NUMS, TARGET, "correct"),  # last span counts
     (answer("(3 + 5) * 2") + " no, " + answer("3 + 5 + 2"), NUMS, TARGET, "wrong"),
     (answer("(3 + 5) * 2 = 16"), NUMS, TARGET, "correct"),                 # "expr = target" form
+    (answer("(3 + 5) * 2 = 17"), NUMS, TARGET, "invalid"),                 # the right side must be the target
+    (answer("3 + 5 = 16"), NUMS, TARGET, "wrong"),                         # right side is the target, left is not
+    (answer("(3 + 5) * 2 = 16 = 16"), NUMS, TARGET, "invalid"),            # one "=" at most
+    (answer("0x3 + 5"), [3, 5], 8, "invalid"),                             # hex literal of an available number
+    (answer("1_0 - 2"), [10, 2], 8, "invalid"),                            # underscore literal
     (answer("5 / (3 - 3)"), [3, 3, 5], 1, "wrong"),                        # division by zero
     # exact fractions: in floats 1 / 49 * 49 == 0.9999999999999999 (would be wrong), exactly it is 1
     (answer("1 / 49 * 49"), [1, 49, 49], 1, "correct"),
@@ -316,3 +322,18 @@ def test_unknown_scheme_raises(scheme):
     """Only "original", "A" and "B" exist."""
     with pytest.raises(ValueError):
         CountdownReward(scheme)
+
+
+def test_too_small_a_puzzle_space_is_an_error_not_a_hang():
+    """Two numbers in [1, 1] allow only two puzzles (targets 1 and 2): asking for five must fail fast."""
+    with pytest.raises(ValueError, match="found only"):
+        make_split("train", 5, num_numbers=2, min_number=1, max_number=1)
+    with pytest.raises(ValueError, match="no puzzle with a target"):
+        make_split("train", 1, num_numbers=2, min_number=0, max_number=0)
+
+
+def test_one_number_puzzles_have_no_wrong_demonstration():
+    with pytest.raises(ValueError, match="num_numbers >= 2"):
+        CountdownData(num_numbers=1, wrong_fraction=0.5)
+    with pytest.raises(ValueError, match="no wrong answer"):
+        wrong_answer(random.Random(0), Puzzle((2,), 2, "2"))

@@ -19,6 +19,7 @@ Scheme = Literal["original", "A", "B"]
 Template = Literal["paper", "short"]
 
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+ARITHMETIC = re.compile(r"[0-9+\-*/()\s]*")                         # decimal integers, + - * / and parentheses
 MAX_ANSWER_CHARS, MAX_NODES, MAX_DEPTH = 200, 64, 16
 OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 TEMPLATES = {
@@ -58,7 +59,7 @@ def _combine(rng: random.Random, a: tuple[int, str], b: tuple[int, str]) -> tupl
 def make_puzzle(rng: random.Random, num_numbers: int = 3, min_number: int = 1, max_number: int = 20,
                 max_target: int = 1000) -> Puzzle:
     """Draw numbers, fold them pairwise in random order with random ops; keep a positive integer target."""
-    while True:
+    for _ in range(10_000):
         numbers = [rng.randint(min_number, max_number) for _ in range(num_numbers)]
         items = [(n, str(n)) for n in numbers]
         while len(items) > 1:
@@ -69,6 +70,8 @@ def make_puzzle(rng: random.Random, num_numbers: int = 3, min_number: int = 1, m
             items = [it for k, it in enumerate(items) if k not in (i, j)] + [merged]
         if len(items) == 1 and 0 < items[0][0] <= max_target:
             return Puzzle(tuple(numbers), items[0][0], items[0][1][1:-1] if num_numbers > 1 else items[0][1])
+    raise ValueError(f"no puzzle with a target in [1, {max_target}] from {num_numbers} numbers in "
+                     f"[{min_number}, {max_number}]")
 
 
 def is_held_out(numbers: tuple[int, ...], target: int, fraction: float = 0.1) -> bool:
@@ -80,12 +83,17 @@ def is_held_out(numbers: tuple[int, ...], target: int, fraction: float = 0.1) ->
 def make_split(split: Literal["train", "val"], size: int, seed: int = 0, **puzzle_kwargs: Any) -> list[Puzzle]:
     """``size`` distinct puzzles of one split; the two splits are disjoint by :func:`is_held_out`."""
     rng, puzzles, seen = random.Random(f"{seed}-{split}"), [], set()
-    while len(puzzles) < size:
+    for _ in range(100 * size + 10_000):
+        if len(puzzles) == size:
+            return puzzles
         p = make_puzzle(rng, **puzzle_kwargs)
         key = (tuple(sorted(p.numbers)), p.target)
         if key not in seen and is_held_out(p.numbers, p.target) == (split == "val"):
             seen.add(key)
             puzzles.append(p)
+    if len(puzzles) < size:
+        raise ValueError(f"found only {len(puzzles)} distinct {split} puzzles of the {size} asked for with "
+                         f"{puzzle_kwargs}: ask for fewer, or widen the number range")
     return puzzles
 
 
@@ -98,7 +106,7 @@ def wrong_answer(rng: random.Random, puzzle: Puzzle) -> str:
             items.append(merged or (0, "(0)"))
         if items[0][0] != puzzle.target and "(0)" not in items[0][1]:
             return items[0][1][1:-1] if len(puzzle.numbers) > 1 else items[0][1]
-    return " + ".join(map(str, puzzle.numbers))
+    raise ValueError(f"found no wrong answer for {puzzle} (a single number can only be right)")
 
 
 # ----------------------------------------------------------------------------------------------- verifier
@@ -131,12 +139,15 @@ def extract_answer(completion: str) -> str | None:
 
 def verify(completion: str, numbers: list[int], target: int) -> Verdict:
     """``correct``; ``wrong`` (well-formed, allowed numbers, wrong value or division by zero);
-    ``invalid`` (unparsable, disallowed syntax, or a number not available); ``no_answer``."""
+    ``invalid`` (characters other than decimal digits, ``+ - * /``, parentheses and spaces; unparsable;
+    a number not available; ``= R`` with ``R`` other than the target); ``no_answer``."""
     answer = extract_answer(completion)
     if answer is None:
         return "no_answer"
-    expression = answer.split("=")[0]                                   # accept "expr = target"
-    if len(expression) > MAX_ANSWER_CHARS:
+    if len(answer) > MAX_ANSWER_CHARS:
+        return "invalid"
+    expression, *rest = answer.split("=")                               # accept "expr = target" too
+    if len(rest) > 1 or (rest and rest[0].strip() != str(target)) or not ARITHMETIC.fullmatch(expression):
         return "invalid"
     try:
         tree = ast.parse(expression.strip(), mode="eval")
