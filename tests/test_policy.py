@@ -145,3 +145,14 @@ def test_rollout_batch_select_split_cat():
     joined = RolloutBatch.cat([first, second])
     assert joined.completion_ids.shape == (4, 2) and joined.completion_mask.tolist() == [[1, 0], [1, 1], [1, 0], [1, 0]]
     assert joined.metas == batch.metas
+
+
+def test_token_logps_bfloat16_logits_get_bfloat16_gradients():
+    logits = torch.randn(2, 3, 7, generator=torch.Generator().manual_seed(2)).bfloat16().requires_grad_()
+    labels = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    ours = token_logps(logits, labels)
+    naive = torch.log_softmax(logits.float(), -1).gather(-1, labels[..., None]).squeeze(-1)
+    assert ours.dtype == torch.float32
+    assert_close(ours, naive, rtol=1e-5, atol=1e-5)
+    ours.sum().backward()
+    assert logits.grad.dtype == torch.bfloat16
