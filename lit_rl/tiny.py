@@ -1,12 +1,16 @@
-"""Small Qwen2-style causal LMs built locally from a config, saved with ``save_pretrained`` and so loaded
+"""Small Llama-style causal LMs built locally from a config, saved with ``save_pretrained`` and so loaded
 back through the same ``from_pretrained`` path a hub model takes. Tests use them; so does the built-in
-Countdown model. ``python -m lit_rl.tiny OUT_DIR`` writes the Countdown one."""
+Countdown model. ``python -m lit_rl.tiny OUT_DIR`` writes the Countdown one.
+
+Why Llama and not Qwen2: for ``model_type: qwen2`` transformers 5's ``AutoTokenizer`` builds
+``Qwen2Tokenizer``, which replaces the saved character-level pre-tokenizer with Qwen's byte-level one (and
+drops ``<``, ``>`` and spaces); for ``llama`` it loads ``tokenizer.json`` as saved."""
 
 import argparse
 from pathlib import Path
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from lit_rl.tasks.countdown import ALPHABET, WORDS
 from lit_rl.tokenizer import char_tokenizer
@@ -17,16 +21,20 @@ def build_tiny_model(out_dir: str | Path, hidden_size: int = 128, num_layers: in
     """A randomly initialised model over the Countdown character vocabulary. ``head_dim >= 32`` keeps it
     servable by vLLM's CPU backend."""
     tokenizer = char_tokenizer(ALPHABET, WORDS)
-    config = Qwen2Config(
+    config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=hidden_size // head_dim, num_key_value_heads=hidden_size // head_dim,
         head_dim=head_dim, max_position_embeddings=max_positions, tie_word_embeddings=True,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    model = LlamaForCausalLM(config)
     out = Path(out_dir)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    probe = "Using the numbers [1, 2], create an equation that equals 3.\n<answer>(1 + 2)</answer>"
+    loaded = AutoTokenizer.from_pretrained(out)
+    if loaded.decode(loaded(probe, add_special_tokens=False)["input_ids"]) != probe:
+        raise RuntimeError(f"{type(loaded).__name__} loaded from {out} does not round-trip text")
     return out
 
 

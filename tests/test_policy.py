@@ -156,3 +156,15 @@ def test_token_logps_bfloat16_logits_get_bfloat16_gradients():
     assert_close(ours, naive, rtol=1e-5, atol=1e-5)
     ours.sum().backward()
     assert logits.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("which", ["tiny", "builtin"])
+def test_tokenizer_round_trips_through_from_pretrained(tiny_model_dir, which):
+    """Saved and loaded back like a hub model, the character tokenizer keeps every character and encodes
+    the answer tags as single tokens (transformers 5 can silently swap in a model-specific pre-tokenizer)."""
+    policy = Policy.load(tiny_model_dir if which == "tiny" else "builtin:countdown-init")
+    text = "Using the numbers [10, 4, 7], create an equation that equals 42.\n<answer>(10 - 4) * 7</answer>"
+    ids = policy.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert policy.tokenizer.decode(ids) == text
+    tokens = policy.tokenizer.convert_ids_to_tokens(ids)
+    assert "<answer>" in tokens and "</answer>" in tokens and len(ids) == len(text) - 2 * len("answer>") - len("/")

@@ -95,6 +95,15 @@ class PolicyModule(LightningModule):
     def encode(self, prompts: list[str], sampling: Sampling) -> tuple[Tensor, Tensor]:
         return self.policy.encode_prompts(prompts, sampling.max_new_tokens)
 
+    def on_train_end(self) -> None:
+        """Export the trained policy with ``save_pretrained`` to ``<run dir>/hf_model``: it then loads in
+        ``transformers`` (or vLLM) like any hub model, and ``model: <run dir>/hf_model`` starts a next stage.
+        Under LoRA this writes the adapter; merge it with ``policy.model.merge_and_unload()`` first for a full model."""
+        log_dir = self.trainer.log_dir
+        if log_dir is not None and self.trainer.is_global_zero:
+            self.policy.model.save_pretrained(f"{log_dir}/hf_model")
+            self.policy.tokenizer.save_pretrained(f"{log_dir}/hf_model")
+
     def validation_step(self, batch: dict[str, list], batch_idx: int) -> None:
         rollout = self.sample(*self.encode(batch["prompt"], self.val_sampling), batch["meta"], self.val_sampling)
         self.val_accuracy.update(rollout.correct.float())
