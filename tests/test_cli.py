@@ -2,6 +2,7 @@
 its config, CSV and TensorBoard logs and checkpoints into its own directory."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lit_rl.cli import LitRLCLI
+from lit_rl.policy import Policy
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted((ROOT / "cli_configs").rglob("*.yaml"))
@@ -56,9 +58,16 @@ def test_fit_writes_its_own_run_directory(tmp_path, tiny_model_dir):
     result = run_cli("fit", "--config", str(ROOT / "cli_configs" / "rloo.yaml"), "--trainer.max_steps", "2",
                      "--model.init_args.model", tiny_model_dir, "--trainer.default_root_dir", str(tmp_path / "runs"),
                      "--model.init_args.sampling.max_new_tokens", "8", "--data.init_args.batch_size", "2",
+                     "--model.init_args.val_sampling.max_new_tokens", "8", "--data.init_args.val_size", "4",
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs" / "rloo").iterdir()
     assert (run_dir / "config.yaml").is_file() and (run_dir / "metrics.csv").is_file()
     assert list(run_dir.glob("events.out.tfevents.*")) and list((run_dir / "checkpoints").glob("*.ckpt"))
     assert "rollout/reward_mean" in (run_dir / "metrics.csv").read_text().splitlines()[0]
+    summary = (run_dir / "summary.txt").read_text()
+    assert re.fullmatch(r"rloo: accuracy \d\.\d{3} -> \d\.\d{3}, mean reward -?\d\.\d{3} -> -?\d\.\d{3}, "
+                        r"2 steps, \d+ s\n", summary), summary
+    assert summary.strip() in result.stdout
+    exported = Policy.load(str(run_dir / "hf_model"))                     # loads like a hub model
+    assert sum(p.numel() for p in exported.parameters()) > 0

@@ -104,6 +104,13 @@ class PolicyModule(LightningModule):
             self.policy.model.save_pretrained(f"{log_dir}/hf_model")
             self.policy.tokenizer.save_pretrained(f"{log_dir}/hf_model")
 
+    def on_validation_epoch_start(self) -> None:
+        # trainer.validate runs in inference mode, fit's validation does not: fresh states made outside
+        # inference mode let one module do both (inference tensors refuse in-place updates elsewhere).
+        with torch.inference_mode(False):
+            self.val_accuracy.reset()
+            self.val_reward.reset()
+
     def validation_step(self, batch: dict[str, list], batch_idx: int) -> None:
         rollout = self.sample(*self.encode(batch["prompt"], self.val_sampling), batch["meta"], self.val_sampling)
         self.val_accuracy.update(rollout.correct.float())
