@@ -1,6 +1,7 @@
 """The lit-rl command: every shipped YAML parses against the signatures; bad keys are named; a run writes
 its config, CSV and TensorBoard logs and checkpoints into its own directory."""
 
+import importlib
 import os
 import re
 import subprocess
@@ -69,5 +70,7 @@ def test_fit_writes_its_own_run_directory(tmp_path, tiny_model_dir):
     assert re.fullmatch(r"rloo: accuracy \d\.\d{3} -> \d\.\d{3}, mean reward -?\d\.\d{3} -> -?\d\.\d{3}, "
                         r"2 steps, \d+ s\n", summary), summary
     assert summary.strip() in result.stdout
+    learning = importlib.import_module("benchmarks.learning")             # the benchmark parses this line
+    assert learning.SUMMARY.search(result.stdout).group(1) == "rloo"
     exported = Policy.load(str(run_dir / "hf_model"))                     # loads like a hub model
     assert sum(p.numel() for p in exported.parameters()) > 0

@@ -21,7 +21,7 @@ from lit_rl.rewards import RewardFunction, score_all
 from lit_rl.rollout import HFEngine, RolloutBatch, RolloutEngine, Sampling
 from lit_rl.tasks.countdown import CountdownReward
 
-DEFAULT_MODEL = "builtin:countdown-init"
+DEFAULT_MODEL = "builtin:countdown-sft"
 # Settings dataclasses are saved with the hyperparameters; let checkpoints load with torch's safe unpickler.
 torch.serialization.add_safe_globals([Sampling, LoraSettings])
 
