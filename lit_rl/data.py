@@ -2,8 +2,10 @@
 supervised data, ``completion``."""
 
 import random
+from collections.abc import Iterator
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
@@ -12,6 +14,43 @@ from lit_rl.tasks.countdown import Template, make_split, wrong_answer
 
 def collate(rows: list[dict[str, Any]]) -> dict[str, list]:
     return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+class ResumableBatches:
+    """Training batches in a fresh order each epoch, drawn from ``(seed, epoch)`` alone, that remember how
+    far they got. Lightning stores ``state_dict`` in checkpoints, so a resumed run continues with the very
+    batch the interrupted one would have drawn next (a plain shuffled DataLoader restarts its epoch).
+    Under ``torch.distributed`` every rank shares the order and takes every ``world_size``-th batch."""
+
+    def __init__(self, rows: list[dict[str, Any]], batch_size: int, seed: int = 0) -> None:
+        if len(rows) < batch_size:
+            raise ValueError(f"batch_size={batch_size} is larger than the {len(rows)} training rows")
+        self.rows, self.batch_size, self.seed = rows, batch_size, seed
+        self.epoch, self.position = 0, 0                                 # position: batches this rank has had
+
+    @staticmethod
+    def _rank_and_world() -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def __len__(self) -> int:
+        return len(self.rows) // self.batch_size // self._rank_and_world()[1]   # partial batches are dropped
+
+    def __iter__(self) -> Iterator[dict[str, list]]:
+        rank, world = self._rank_and_world()
+        order = torch.randperm(len(self.rows), generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        while self.position < len(self):
+            start = (self.position * world + rank) * self.batch_size
+            self.position += 1
+            yield collate([self.rows[i] for i in order[start:start + self.batch_size].tolist()])
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
 
 
 class CountdownData(LightningDataModule):
@@ -72,8 +111,8 @@ class CountdownData(LightningDataModule):
             rows.append(row)
         return rows
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_rows, batch_size=self.batch_size, shuffle=True, drop_last=True, collate_fn=collate)
+    def train_dataloader(self) -> ResumableBatches:
+        return ResumableBatches(self.train_rows, self.batch_size, self.seed)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_rows, batch_size=self.val_batch_size, collate_fn=collate)

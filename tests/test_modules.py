@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.testing import assert_close
 
 from lit_rl import GRPO, REINFORCE, RLOO, SFT, CountdownData, GroupAdvantage, ReMax, RewardFunction, RolloutRefresh, Score
+from lit_rl.data import ResumableBatches
 from lit_rl.modules.base import RLModule
 from lit_rl.objectives import rloo_advantages, zero_std_groups
 from lit_rl.rollout import Sampling
@@ -235,3 +236,51 @@ def test_a_failing_reward_names_the_sample(tiny_model_dir):
 def test_impossible_settings_name_the_setting(tiny_model_dir, cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(model=tiny_model_dir, **kwargs)
+
+
+def test_resumable_batches_continue_where_they_stopped(monkeypatch):
+    rows = [{"prompt": str(i), "meta": {}} for i in range(20)]
+    loader = ResumableBatches(rows, batch_size=4, seed=3)
+    epoch0 = [b["prompt"] for b in loader]
+    epoch1 = [b["prompt"] for b in loader]
+    assert len(epoch0) == 5 and sorted(sum(epoch0, [])) == sorted(r["prompt"] for r in rows)
+    assert epoch0 != epoch1                                             # a fresh order each epoch
+    fresh = ResumableBatches(rows, batch_size=4, seed=3)
+    it = iter(fresh)
+    first_two = [next(it)["prompt"] for _ in range(2)]
+    resumed = ResumableBatches(rows, batch_size=4, seed=3)
+    resumed.load_state_dict(fresh.state_dict())
+    assert first_two + [b["prompt"] for b in resumed] == epoch0       # no batch lost, none repeated
+    shards = []
+    for rank in (0, 1):                                                 # two ranks split each epoch's batches
+        monkeypatch.setattr(ResumableBatches, "_rank_and_world", staticmethod(lambda rank=rank: (rank, 2)))
+        shards.append([b["prompt"] for b in ResumableBatches(rows, batch_size=4, seed=3)])
+    assert shards[0] == epoch0[0:4:2] and shards[1] == epoch0[1:4:2]
+
+
+class DigitShare(RewardFunction):
+    """Share of digits in the text: varies from sample to sample even for an untrained model, so the
+    gradient depends on exactly what was sampled."""
+
+    def __call__(self, completion, meta):
+        return Score(sum(c.isdigit() for c in completion) / max(1, len(completion)))
+
+
+def test_resuming_mid_run_reproduces_the_uninterrupted_run(tiny_model_dir, tmp_path):
+    """4 steps straight, or 2 steps, a checkpoint, a new process state, and 2 more: the same weights."""
+    def run(steps, ckpt_path=None, every=None):
+        torch.manual_seed(0)
+        module = RLOO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, val_sampling=VAL, reward=DigitShare(),
+                      optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0))
+        callbacks = [ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=every, save_last=True)] if every else []
+        torch.manual_seed(123 if ckpt_path else 0)                     # the resumed process starts elsewhere
+        fit(module, steps, tmp_path, callbacks=callbacks, ckpt_path=ckpt_path, limit_val_batches=0)
+        return module
+
+    straight = run(4)
+    run(2, every=2)
+    resumed = run(4, ckpt_path=str(tmp_path / "last.ckpt"))
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(straight.state_dict()["policy.model.lm_head.weight"],
+                           RLOO(model=tiny_model_dir).state_dict()["policy.model.lm_head.weight"])

@@ -7,6 +7,7 @@ optimizer steps over micro-batches with a global normaliser. An algorithm overri
 and/or :meth:`RLModule.policy_loss`, nothing else.
 """
 
+import random
 from typing import Any
 
 import torch
@@ -103,6 +104,18 @@ class PolicyModule(LightningModule):
         if log_dir is not None and self.trainer.is_global_zero:
             self.policy.model.save_pretrained(f"{log_dir}/hf_model")
             self.policy.tokenizer.save_pretrained(f"{log_dir}/hf_model")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Sampling draws from these generators: saving them makes a resumed run draw what the original would have.
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if states := checkpoint.get("rng_states"):
+            torch.set_rng_state(states["torch"])
+            random.setstate(states["python"])
+            if states["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
 
     def on_validation_epoch_start(self) -> None:
         # trainer.validate runs in inference mode, fit's validation does not: fresh states made outside
