@@ -64,7 +64,13 @@ class RolloutEngine:
 
 
 class HFEngine(RolloutEngine):
-    """Samples with ``transformers`` ``generate`` on the training model itself, so weights are always in sync."""
+    """Samples with ``transformers`` ``generate`` on the training model itself, so weights are always in sync.
+
+    ``return_logps`` also returns the sampled tokens' log-probs. It is off by default: it keeps every
+    step's logits (``[B*n, C, V]``), and the trainer recomputes old log-probs anyway."""
+
+    def __init__(self, return_logps: bool = False) -> None:
+        self.return_logps = return_logps
 
     def bind(self, model: nn.Module, tokenizer: Any) -> None:
         self.model, self.tokenizer = model, tokenizer
@@ -79,7 +85,7 @@ class HFEngine(RolloutEngine):
             max_new_tokens=sampling.max_new_tokens, do_sample=do_sample, num_beams=1,
             temperature=sampling.temperature if do_sample else None, top_p=sampling.top_p if do_sample else None,
             top_k=sampling.top_k if do_sample else None, eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id,
-            return_dict_in_generate=True, output_logits=do_sample, use_cache=True)
+            return_dict_in_generate=True, output_logits=do_sample and self.return_logps, use_cache=True)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -90,7 +96,7 @@ class HFEngine(RolloutEngine):
         completion_ids = out.sequences[:, prompt_ids.shape[1]:]         # [B*n, C]
         mask = completion_mask(completion_ids, [eos])
         logps = None
-        if do_sample:                                                   # raw logits: the untruncated policy
+        if do_sample and self.return_logps:                             # raw logits: the untruncated policy
             logps = token_logps(torch.stack(out.logits, 1), completion_ids, sampling.temperature) * mask
         return Generation(completion_ids * mask + self.tokenizer.pad_token_id * (1 - mask), mask, logps)
 

@@ -109,7 +109,7 @@ def test_completion_mask_stops_after_first_eos():
 
 
 def test_hf_engine_samples_prompt_major_with_behaviour_logps(policy):
-    engine = HFEngine()
+    engine = HFEngine(return_logps=True)
     engine.bind(policy.model, policy.tokenizer)
     prompt_ids, prompt_mask = policy.encode_prompts(["numbers [1, 2] target 3: ", "numbers [4, 5, 6] target 9: "], 12)
     torch.manual_seed(0)
@@ -124,6 +124,9 @@ def test_hf_engine_samples_prompt_major_with_behaviour_logps(policy):
     greedy = engine.generate(prompt_ids, prompt_mask, sampling.greedy, n=2)
     assert (greedy.completion_ids[0] == greedy.completion_ids[1]).all()   # greedy is deterministic
     assert policy.model.training                                          # generation restores train mode
+    default = HFEngine()                                                  # no per-step logits kept unless asked
+    default.bind(policy.model, policy.tokenizer)
+    assert default.generate(prompt_ids, prompt_mask, sampling, n=1).logps is None
 
 
 def test_sampling_rejects_impossible_settings():
