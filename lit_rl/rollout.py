@@ -10,9 +10,9 @@ from torch import Tensor, nn
 from lit_rl.logprobs import token_logps
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sampling:
-    """Decoding settings. ``temperature = 0`` means greedy."""
+    """Decoding settings, immutable (safe as a shared default). ``temperature = 0`` means greedy."""
 
     temperature: float = 1.0
     top_p: float = 1.0

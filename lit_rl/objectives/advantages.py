@@ -5,7 +5,6 @@ Rewards of a rollout batch are laid out prompt-major: ``rewards[p * G + g]`` is 
 
 from typing import Literal
 
-import torch
 from torch import Tensor
 
 GroupScale = Literal["group", "batch", "none"]
