@@ -8,6 +8,7 @@ and/or :meth:`RLModule.policy_loss`, nothing else.
 """
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -201,7 +202,7 @@ class RLModule(PolicyModule):
         rollout = self.collect(*self.encode(batch["prompt"], self.sampling), batch["meta"])
         self.log_rollout(rollout)
         if self.needs_old_logps:
-            rollout.old_logps = self._rowwise(rollout, self.policy.logps)
+            rollout.old_logps = self._rowwise(rollout, lambda *args: self.policy.logps(*args)[0])
         if self.policy.has_reference:
             rollout.ref_logps = self._rowwise(rollout, self.policy.reference_logps)
         rollout.rewards = rollout.scores
@@ -214,13 +215,13 @@ class RLModule(PolicyModule):
                 hook(self.trainer, self, rollout)
         return rollout
 
-    def _rowwise(self, rollout: RolloutBatch, logps_fn: Any) -> Tensor:
-        """Log-probs of the whole rollout, ``micro_batch_size`` rows at a time (full completion width)."""
+    def _rowwise(self, rollout: RolloutBatch, logps_fn: Callable[..., Tensor]) -> Tensor:
+        """``logps_fn`` over the whole rollout, ``micro_batch_size`` rows at a time (full completion width)."""
         size = self.micro_batch_size or len(rollout)
         fields = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
         out = [logps_fn(*(f[s:s + size] for f in fields), self.sampling.logit_temperature)
                for s in range(0, len(rollout), size)]
-        return torch.cat([o[0] if isinstance(o, tuple) else o for o in out]) * rollout.completion_mask
+        return torch.cat(out) * rollout.completion_mask
 
     def training_step(self, batch: dict[str, list], batch_idx: int) -> dict[str, Tensor]:
         rollout = self.make_rollout(batch)
