@@ -2,13 +2,17 @@
 
 from lit_rl.callbacks import GroupAdvantage, KLEntropyTracker, RolloutRefresh
 from lit_rl.data import CountdownData
-from lit_rl.modules import GRPO, REINFORCE, RLOO, SFT, PolicyModule, ReMax, RLModule
+from lit_rl.modules import (
+    DPO, GRPO, IPO, REBEL, REINFORCE, RLOO, SFT, TOPR, ListwiseModule, MultiCompletion, PolicyModule, ReMax, RLModule,
+)
+from lit_rl.offline import OfflineData
 from lit_rl.policy import LoraSettings, Policy
 from lit_rl.rewards import RewardFunction, Score
 from lit_rl.rollout import Generation, HFEngine, RolloutBatch, RolloutEngine, Sampling
 from lit_rl.tasks.countdown import CountdownReward
 
 __all__ = [
+    "DPO", "IPO", "REBEL", "TOPR", "ListwiseModule", "MultiCompletion", "OfflineData",
     "GRPO", "RLOO", "REINFORCE", "SFT", "CountdownData", "CountdownReward", "Generation", "GroupAdvantage",
     "HFEngine", "KLEntropyTracker", "LoraSettings", "Policy", "PolicyModule", "RLModule", "ReMax", "RewardFunction",
     "RolloutBatch", "RolloutEngine", "RolloutRefresh", "Sampling", "Score",

@@ -1,5 +1,6 @@
 """``lit-rl``: a LightningCLI whose model is any lit-rl module and whose data is any LightningDataModule."""
 
+import sys
 import time
 from pathlib import Path
 
@@ -62,6 +63,12 @@ class LitRLCLI(LightningCLI):
 
 
 def main() -> None:
+    """``lit-rl generate ...`` writes an offline dataset (:func:`lit_rl.generate.generate`); every other
+    subcommand (``fit``, ``validate``, ``test``) is Lightning's."""
+    if sys.argv[1:2] == ["generate"]:
+        from lit_rl.generate import main as generate
+
+        return generate(sys.argv[2:])
     LitRLCLI()
 
 

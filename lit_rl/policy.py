@@ -26,14 +26,14 @@ class LoraSettings:
 
 
 def resolve(name_or_path: str) -> str:
-    """``builtin:NAME`` is a model shipped inside the package (``lit_rl/assets/NAME``); anything else is
+    """``builtin:NAME`` is a model (or dataset) shipped inside the package (``lit_rl/assets/NAME``); anything else is
     passed to ``from_pretrained`` as given (a local directory or a hub id)."""
     if not name_or_path.startswith(BUILTIN):
         return name_or_path
     path = ASSETS / name_or_path[len(BUILTIN):]
-    if not path.is_dir():
-        shipped = sorted(p.name for p in ASSETS.iterdir() if p.is_dir())
-        raise FileNotFoundError(f"no built-in model {name_or_path!r}; shipped: {[BUILTIN + s for s in shipped]}")
+    if not path.exists():
+        shipped = sorted(p.name for p in ASSETS.iterdir())
+        raise FileNotFoundError(f"nothing built in is called {name_or_path!r}; shipped: {[BUILTIN + s for s in shipped]}")
     return str(path)
 
 
@@ -137,19 +137,19 @@ class Policy(nn.Module):
                           f"max_new_tokens={max_new_tokens} in a context of {context}; keeping their last "
                           f"{budget} tokens", stacklevel=2)
             encoded = [e[-budget:] for e in encoded]
-        return self._pad(encoded, left=True)
+        return self.pad(encoded, left=True)
 
     def encode_completions(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Right-padded completion ids (each ending in EOS) and mask, for supervised targets."""
         eos = self.tokenizer.eos_token_id
-        return self._pad([self.tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts],
+        return self.pad([self.tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts],
                          left=False)
 
     def decode(self, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
         return self.tokenizer.batch_decode([ids[m.bool()] for ids, m in zip(completion_ids, completion_mask)],
                                            skip_special_tokens=True)
 
-    def _pad(self, rows: list[list[int]], left: bool) -> tuple[Tensor, Tensor]:
+    def pad(self, rows: list[list[int]], left: bool) -> tuple[Tensor, Tensor]:
         width = max(1, max(map(len, rows)))
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -101,7 +101,8 @@ class HFEngine(RolloutEngine):
         return Generation(completion_ids * mask + self.tokenizer.pad_token_id * (1 - mask), mask, logps)
 
 
-TOKEN_FIELDS = frozenset({"completion_ids", "completion_mask", "old_logps", "ref_logps", "advantages"})
+TOKEN_FIELDS = frozenset({"completion_ids", "completion_mask", "old_logps", "ref_logps", "behaviour_logps",
+                          "advantages"})
 
 
 @dataclass
@@ -123,6 +124,8 @@ class RolloutBatch:
     rewards: Tensor | None = None                                       # [B]
     old_logps: Tensor | None = None                                     # [B, C]
     ref_logps: Tensor | None = None                                     # [B, C]
+    behaviour_logps: Tensor | None = None                               # [B, C], of a stored dataset's policy
+    from_dataset: bool = False                                          # replayed from stored rollouts
     advantages: Tensor | None = None                                    # [B] or [B, C]
 
     def __len__(self) -> int:
@@ -131,7 +134,7 @@ class RolloutBatch:
     def select(self, index: Tensor | slice) -> "RolloutBatch":
         """Rows ``index``; per-token fields are trimmed to the longest selected completion."""
         index = torch.arange(len(self))[index] if isinstance(index, slice) else index.cpu()
-        width = int(self.completion_mask[index].sum(-1).max().clamp(min=1))
+        width = int(self.completion_mask[index].sum(-1).max().clamp(min=1)) if len(index) else 1
         values = {}
         for f in fields(self):
             v = getattr(self, f.name)
@@ -143,9 +146,12 @@ class RolloutBatch:
             values[f.name] = v
         return RolloutBatch(**values)
 
-    def split(self, size: int | None) -> list["RolloutBatch"]:
-        """Consecutive chunks of ``size`` rows (all rows if ``size`` is None)."""
+    def split(self, size: int | None, whole_groups: bool = False) -> list["RolloutBatch"]:
+        """Consecutive chunks of ``size`` rows (all rows if ``size`` is None); ``whole_groups`` rounds
+        ``size`` to a multiple of ``group_size`` so no prompt's group is cut (listwise objectives)."""
         size = size or len(self)
+        if whole_groups:
+            size = max(self.group_size, size // self.group_size * self.group_size)
         return [self.select(slice(s, s + size)) for s in range(0, len(self), size)]
 
     @staticmethod
@@ -155,7 +161,7 @@ class RolloutBatch:
         values = {}
         for f in fields(RolloutBatch):
             parts = [getattr(b, f.name) for b in batches]
-            if f.name == "group_size":
+            if f.name in ("group_size", "from_dataset"):
                 values[f.name] = parts[0]
             elif f.name == "metas":
                 values[f.name] = [m for part in parts for m in part]

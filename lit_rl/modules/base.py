@@ -94,6 +94,36 @@ class PolicyModule(LightningModule):
             correct=torch.tensor([s.correct for s in scores], dtype=torch.bool, device=device),
             metas=metas, group_size=n)
 
+    def replay(self, batch: dict[str, list]) -> RolloutBatch:
+        """A rollout batch from stored groups (:class:`lit_rl.OfflineData`): the data's completions, rewards and
+        behaviour log-probs; token ids are used as stored, or the text is tokenised when they are absent."""
+        n, device = len(batch["completions"][0]), self.device
+        stored_ids = [ids for group in batch["completion_ids"] for ids in (group or [None] * n)]
+        if any(ids is None for ids in stored_ids):
+            completion_ids, completion_mask = self.policy.encode_completions(
+                [c for group in batch["completions"] for c in group])
+        else:
+            completion_ids, completion_mask = self.policy.pad(stored_ids, left=False)
+        if any(ids is None for ids in batch["prompt_ids"]):
+            prompt_ids, prompt_mask = self.policy.encode_prompts(batch["prompt"], completion_ids.shape[1])
+        else:
+            prompt_ids, prompt_mask = self.policy.pad(batch["prompt_ids"], left=True)
+        behaviour = None
+        if all(group is not None for group in batch["behaviour_logps"]) and not any(i is None for i in stored_ids):
+            behaviour = torch.zeros(completion_ids.shape, device=device)
+            for row, values in enumerate(v for group in batch["behaviour_logps"] for v in group):
+                behaviour[row, :len(values)] = torch.tensor(values, device=device)
+        def flat(key: str) -> list:
+            return [v for group in batch[key] for v in group]
+
+        return RolloutBatch(
+            prompt_ids=prompt_ids.repeat_interleave(n, 0), prompt_mask=prompt_mask.repeat_interleave(n, 0),
+            completion_ids=completion_ids, completion_mask=completion_mask,
+            scores=torch.tensor(flat("rewards"), dtype=torch.float32, device=device),
+            correct=torch.tensor(flat("correct"), dtype=torch.bool, device=device),
+            metas=[m for m in batch["meta"] for _ in range(n)], group_size=n, behaviour_logps=behaviour,
+            from_dataset=True)
+
     def encode(self, prompts: list[str], sampling: Sampling) -> tuple[Tensor, Tensor]:
         return self.policy.encode_prompts(prompts, sampling.max_new_tokens)
 
@@ -192,16 +222,39 @@ class RLModule(PolicyModule):
         """Sample and score ``G`` completions per prompt (GRPO's dynamic sampling overrides this)."""
         return self.sample(prompt_ids, prompt_mask, metas, self.sampling, self.group_size)
 
+    def select_rows(self, rollout: RolloutBatch) -> RolloutBatch:
+        """The rows the objective learns from: all of them here (DPO keeps each group's best and worst)."""
+        return rollout
+
+    def objective(self, logps: Tensor, micro: RolloutBatch, normalisers: dict[str, Any],
+                  stats: dict[str, Tensor]) -> Tensor:
+        """The micro-batch's scalar loss, already divided by the step's global normaliser: here the per-token
+        :meth:`policy_loss` plus the KL penalty, aggregated. Sequence-level objectives override this."""
+        token_loss, clipped = self.policy_loss(logps, micro)                    # [b, C]
+        if micro.ref_logps is not None and self.kl_coef > 0 and not self.kl_in_reward:
+            token_loss = token_loss + self.kl_coef * kl_penalty(logps, micro.ref_logps, self.kl_estimator)
+        if clipped is not None:
+            stats["clipped"] = (clipped.float() * micro.completion_mask).sum()
+        return aggregate(token_loss, micro.completion_mask, self.aggregation, **normalisers)
+
     # ------------------------------------------------------------------------------------- the shared loop
-    @property
-    def needs_old_logps(self) -> bool:
+    whole_groups = False                                                # micro-batches may cut a group
+
+    def needs_old_logps(self, rollout: RolloutBatch) -> bool:
         return self.num_iterations > 1 or self.mini_batches > 1 or (self.kl_in_reward and self.kl_coef > 0)
 
     @torch.no_grad()
     def make_rollout(self, batch: dict[str, list]) -> RolloutBatch:
-        rollout = self.collect(*self.encode(batch["prompt"], self.sampling), batch["meta"])
+        """Sample (or, for a batch of stored groups, replay) and score completions; log-probs, advantages."""
+        if "completions" in batch:
+            rollout = self.replay(batch)
+        else:
+            rollout = self.collect(*self.encode(batch["prompt"], self.sampling), batch["meta"])
         self.log_rollout(rollout)
-        if self.needs_old_logps:
+        rollout = self.select_rows(rollout)
+        if len(rollout) == 0:
+            return rollout
+        if self.needs_old_logps(rollout):
             rollout.old_logps = self._rowwise(rollout, lambda *args: self.policy.logps(*args)[0])
         if self.policy.has_reference:
             rollout.ref_logps = self._rowwise(rollout, self.policy.reference_logps)
@@ -226,6 +279,8 @@ class RLModule(PolicyModule):
     def training_step(self, batch: dict[str, list], batch_idx: int) -> dict[str, Tensor]:
         rollout = self.make_rollout(batch)
         stats: dict[str, Tensor] = {}
+        if len(rollout) == 0:                                           # nothing to learn from (e.g. all ties)
+            return stats
         for _ in range(self.num_iterations):
             order = torch.randperm(len(rollout)) if self.mini_batches > 1 else torch.arange(len(rollout))
             for index in order.chunk(self.mini_batches):
@@ -241,23 +296,17 @@ class RLModule(PolicyModule):
         """Loss of one micro-batch, already divided by the step's global normaliser, and token-sum stats."""
         logps, entropy = self.policy.logps(micro.prompt_ids, micro.prompt_mask, micro.completion_ids,
                                            micro.completion_mask, self.sampling.logit_temperature, entropy=True)
-        token_loss, clipped = self.policy_loss(logps, micro)                    # [b, C]
         mask = micro.completion_mask
         stats = {"entropy": (entropy * mask).sum(), "tokens": mask.sum()}
         if micro.ref_logps is not None:
-            kl = kl_penalty(logps, micro.ref_logps, self.kl_estimator)          # [b, C]
-            if self.kl_coef > 0 and not self.kl_in_reward:
-                token_loss = token_loss + self.kl_coef * kl
-            stats["kl"] = (kl.detach() * mask).sum()
-        if clipped is not None:
-            stats["clipped"] = (clipped.float() * mask).sum()
-        return aggregate(token_loss, mask, self.aggregation, **normalisers), stats
+            stats["kl"] = (kl_penalty(logps.detach(), micro.ref_logps, self.kl_estimator) * mask).sum()
+        return self.objective(logps, micro, normalisers, stats), stats
 
     def optimize(self, batch: RolloutBatch, stats: dict[str, Tensor]) -> None:
         """One optimizer step on ``batch``: micro-batches accumulate gradients under the batch's normaliser."""
         optimizer, normalisers = self.optimizers(), self.normalisers(batch)
         loss_sum = torch.zeros((), device=self.device)
-        for micro in batch.split(self.micro_batch_size):
+        for micro in batch.split(self.micro_batch_size, self.whole_groups):
             loss, micro_stats = self.micro_loss(micro, normalisers)
             check_finite(loss, "loss", self.global_step)
             self.manual_backward(loss)

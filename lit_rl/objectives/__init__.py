@@ -11,9 +11,20 @@ from lit_rl.objectives.advantages import (
 from lit_rl.objectives.aggregation import Aggregation, aggregate
 from lit_rl.objectives.kl import KLEstimator, kl_penalty
 from lit_rl.objectives.losses import clipped_policy_loss, policy_gradient_loss, sft_loss
+from lit_rl.objectives.offpolicy import topr_loss
+from lit_rl.objectives.preference import (
+    best_worst,
+    dpo_loss,
+    ipo_loss,
+    multi_completion_loss,
+    pair_margins,
+    rebel_loss,
+    sequence_logps,
+)
 
 __all__ = [
     "Aggregation", "GroupScale", "KLEstimator", "aggregate", "clipped_policy_loss", "grpo_advantages",
     "kl_penalty", "policy_gradient_loss", "reinforce_advantages", "remax_advantages", "rloo_advantages",
-    "sft_loss", "zero_std_groups",
+    "sft_loss", "zero_std_groups", "topr_loss", "best_worst", "dpo_loss", "ipo_loss", "multi_completion_loss",
+    "pair_margins", "rebel_loss", "sequence_logps",
 ]
