@@ -131,7 +131,7 @@ class PolicyModule(LightningModule):
         """Export the trained policy with ``save_pretrained`` to ``<run dir>/hf_model``: it then loads in
         ``transformers`` (or vLLM) like any hub model, and ``model: <run dir>/hf_model`` starts a next stage.
         Under LoRA this writes the adapter; merge it with ``policy.model.merge_and_unload()`` first for a full model."""
-        log_dir = self.trainer.log_dir
+        log_dir = self.trainer.log_dir if self.trainer.loggers else None      # no logger: no run directory
         if log_dir is not None and self.trainer.is_global_zero:
             self.policy.model.save_pretrained(f"{log_dir}/hf_model")
             self.policy.tokenizer.save_pretrained(f"{log_dir}/hf_model")
