@@ -38,13 +38,14 @@ class ResumableBatches:
         return len(self.rows) // self.batch_size // self._rank_and_world()[1]   # partial batches are dropped
 
     def __iter__(self) -> Iterator[dict[str, list]]:
+        if self.position >= len(self):                                  # the last epoch was used up: a new one
+            self.epoch, self.position = self.epoch + 1, 0               # (Lightning never asks past an epoch's end)
         rank, world = self._rank_and_world()
         order = torch.randperm(len(self.rows), generator=torch.Generator().manual_seed(self.seed + self.epoch))
         while self.position < len(self):
             start = (self.position * world + rank) * self.batch_size
             self.position += 1
             yield collate([self.rows[i] for i in order[start:start + self.batch_size].tolist()])
-        self.epoch, self.position = self.epoch + 1, 0
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}

@@ -258,6 +258,19 @@ def test_resumable_batches_continue_where_they_stopped(monkeypatch):
     assert shards[0] == epoch0[0:4:2] and shards[1] == epoch0[1:4:2]
 
 
+def test_an_epoch_taken_without_exhausting_its_iterator_is_followed_by_the_next():
+    """Lightning takes exactly len() batches and never asks past the end: the next iter() must start the
+    next epoch (not an empty one, which would skip an epoch's batches)."""
+    rows = [{"prompt": str(i), "meta": {}} for i in range(8)]
+    consumed, loader = [], ResumableBatches(rows, batch_size=4, seed=3)
+    for _ in range(3):
+        it = iter(loader)
+        consumed.append([next(it)["prompt"] for _ in range(len(loader))])
+    assert loader.epoch == 2
+    reference = ResumableBatches(rows, batch_size=4, seed=3)
+    assert consumed == [[b["prompt"] for b in reference] for _ in range(3)]
+
+
 class DigitShare(RewardFunction):
     """Share of digits in the text: varies from sample to sample even for an untrained model, so the
     gradient depends on exactly what was sampled."""
