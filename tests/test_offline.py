@@ -249,3 +249,27 @@ def test_topr_threshold_separates_learning_from_tapering(dataset, tiny_model_dir
     loss, _ = module.micro_loss(rollout, module.normalisers(rollout))
     expected = -(rollout.rewards * (logps * rollout.completion_mask).sum(-1)).mean()
     assert_close(loss, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_resuming_offline_training_reproduces_the_uninterrupted_run(dataset, tiny_model_dir, tmp_path):
+    """TOPR from stored data: 4 steps straight equal 2 steps, a checkpoint, and 2 more (the data's position
+    in its epoch is restored, so the same stored groups are replayed)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(steps, ckpt_path=None, every=None):
+        torch.manual_seed(0)
+        module = TOPR(model=tiny_model_dir, sampling=SAMPLING, val_sampling=VAL, threshold=0.3,
+                      optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0))
+        callbacks = [ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=every, save_last=True)] if every else []
+        trainer = Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, enable_checkpointing=bool(every), callbacks=callbacks,
+                          num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=tmp_path)
+        trainer.fit(module, datamodule=OfflineData(str(dataset), batch_size=2, validation=countdown()),
+                    ckpt_path=ckpt_path)
+        return module
+
+    straight = run(4)
+    run(2, every=2)
+    resumed = run(4, ckpt_path=str(tmp_path / "last.ckpt"))
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
