@@ -103,6 +103,8 @@ class HFEngine(RolloutEngine):
 
 TOKEN_FIELDS = frozenset({"completion_ids", "completion_mask", "old_logps", "ref_logps", "advantages"})
 
+TOKEN_FIELDS |= {"values", "returns"}                                  # PPO's critic
+
 
 @dataclass
 class RolloutBatch:
@@ -124,6 +126,8 @@ class RolloutBatch:
     old_logps: Tensor | None = None                                     # [B, C]
     ref_logps: Tensor | None = None                                     # [B, C]
     advantages: Tensor | None = None                                    # [B] or [B, C]
+    values: Tensor | None = None                                        # [B, C], a value head's (PPO)
+    returns: Tensor | None = None                                       # [B, C], value targets (PPO)
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
