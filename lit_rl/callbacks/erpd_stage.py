@@ -43,7 +43,7 @@ class ERPDStageSwitch(Callback):
             self._switch(trainer, pl_module, log=False)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.monitor is None or trainer.sanity_checking or not trainer.training:
+        if self.monitor is None or trainer.sanity_checking or trainer.state.fn != "fit":
             return
         if pl_module.stage[0] == "online" or pl_module.stage_step == 0 or self.monitor not in trainer.callback_metrics:
             return
