@@ -74,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", choices=["1", "2", "all"], default="all")
     parser.add_argument("--losses", nargs="+", choices=list(LOSSES), default=list(LOSSES))
-    parser.add_argument("--prompts", type=int, default=64, help="prompts of the fixed rollout batch")
+    parser.add_argument("--prompts", type=int, default=32, help="prompts of the fixed rollout batch")
     parser.add_argument("--group-size", type=int, default=8, help="samples per prompt")
     parser.add_argument("--eval-size", type=int, default=500, help="held-out puzzles per evaluation")
     parser.add_argument("--iterations", type=int, default=3)

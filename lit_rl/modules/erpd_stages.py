@@ -112,8 +112,10 @@ class ERPDStages:
         own = self.sample(self.rollout.prompt_ids[::G], self.rollout.prompt_mask[::G], self.rollout.metas[::G],
                           self.sampling, self.kl_samples)
         mask = own.completion_mask
-        logps = self._rowwise(own, lambda *a: self.policy.logps(*a)[0])
-        entropy = self._rowwise(own, lambda *a: self.policy.logps(*a, entropy=True)[1])
+        fields, size = (own.prompt_ids, own.prompt_mask, own.completion_ids, mask), self.micro_batch_size or len(own)
+        parts = [self.policy.logps(*(f[s:s + size] for f in fields), self.sampling.logit_temperature, entropy=True)
+                 for s in range(0, len(own), size)]                    # one forward for log-probs and entropy
+        logps, entropy = (torch.cat([p[i] for p in parts]) * mask for i in (0, 1))
         record["kl_base"] = float(sample_kl(logps, self._rowwise(own, self.policy.reference_logps), mask))
         record["entropy"] = float(entropy.sum() / mask.sum().clamp(min=1))
         self.history.append(record)
