@@ -1,7 +1,7 @@
 """ERPD on the built-in Countdown: the shapes of the paper's Table 1 (teacher losses, one fixed batch) and
 Table 2 (iterations with and without distillation). One line per row: ``METHOD accuracy A kl K``.
 
-    python benchmarks/erpd.py                  # both tables, the settings below (about 25-30 min on 2 CPU cores)
+    python benchmarks/erpd.py                  # both tables (32 prompts x 8 samples, 500 held-out puzzles)
     python benchmarks/erpd.py --quick          # a smaller batch and evaluation (a few minutes)
     python benchmarks/erpd.py --table 1 --losses ce mse --eval-size 200 -- --model.init_args.student_steps 8
 
@@ -10,8 +10,9 @@ rollout batch (``--prompts`` x ``--group-size`` samples at temperature 1). Accur
 ``--eval-size`` held-out puzzles. KL: ``KL(policy || base)`` as the paper measures it, the token mean of
 ``log pi - log pi_base`` on the policy's own samples (``kl_samples`` per prompt of the fixed batch).
 Table 1 uses ``cli_configs/erpd.yaml`` (CE), ``erpd_sapo.yaml``, ``erpd_grpo.yaml`` and ``erpd_mse.yaml``
-(strategy 2: the signal is ``log pi_e - log pi_un``); Table 2 iterates ``--iteration-config`` with its
-distillation and again with ``student_steps: 0`` (each teacher becomes the next ``pi_old``).
+(strategy 2: the signal is ``log pi_e - log pi_un``); Table 2 iterates the config of ``--iteration-loss`` with
+its distillation and again with ``student_steps: 0`` (each teacher becomes the next ``pi_old``). The first
+iteration with distillation is the same computation as that loss's Table 1 run, so it is run once.
 """
 
 import argparse
@@ -47,25 +48,22 @@ def line(name: str, record: dict) -> str:
     return f"{name} accuracy {record['accuracy']:.3f} kl {record['kl_base']:.4f}"
 
 
-def table1(args: argparse.Namespace, extra: list[str]) -> None:
-    base_printed = False
-    for loss in args.losses:
-        history = run(LOSSES[loss], 1, args, extra)
-        stages = {h["stage"]: h for h in history}
-        if not base_printed:
-            print(line("base", stages["base"]), flush=True)
-            base_printed = True
-        print(line(loss.upper(), stages["teacher"]), flush=True)
-        print(line(f"{loss.upper()}+distillation", stages["student"]) + f" ratio {stages['student']['ratio']:.3f}",
-              flush=True)
+def by_stage(history: list[dict], iteration: int) -> dict[str, dict]:
+    return {h["stage"]: h for h in history if h["iteration"] == iteration or h["stage"] == "base"}
 
 
-def table2(args: argparse.Namespace, extra: list[str]) -> None:
-    for label, more in (("with-distillation", []), ("without-distillation", ["--model.init_args.student_steps", "0"])):
-        history = run(args.iteration_config, args.iterations, args, extra + more)
-        for record in history:
-            if record["stage"] == "base":
-                continue
+def print_table1_rows(loss: str, history: list[dict], with_base: bool) -> None:
+    stages = by_stage(history, 1)
+    if with_base:
+        print(line("base", stages["base"]), flush=True)
+    print(line(loss.upper(), stages["teacher"]), flush=True)
+    print(line(f"{loss.upper()}+distillation", stages["student"]) + f" ratio {stages['student']['ratio']:.3f}",
+          flush=True)
+
+
+def print_table2(label: str, history: list[dict]) -> None:
+    for record in history:
+        if record["stage"] != "base":
             role = "teacher" if record["stage"] == "teacher" else "student"
             print(line(f"{label} iteration {record['iteration']} {role}", record), flush=True)
 
@@ -78,17 +76,26 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=8, help="samples per prompt")
     parser.add_argument("--eval-size", type=int, default=500, help="held-out puzzles per evaluation")
     parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--iteration-config", default="erpd.yaml", help="the Table 2 config (in cli_configs/)")
+    parser.add_argument("--iteration-loss", choices=list(LOSSES), default="ce", help="the teacher loss of Table 2")
     parser.add_argument("--quick", action="store_true", help="16 prompts x 4 samples, 100 held-out puzzles")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     if args.quick:
         args.prompts, args.group_size, args.eval_size = 16, 4, 100
     start = time.perf_counter()
-    if args.table in ("1", "all"):
-        table1(args, extra)
+    iterative = {}                                                      # Table 2's first iteration is a Table 1 row
     if args.table in ("2", "all"):
-        table2(args, extra)
+        iterative["with-distillation"] = run(LOSSES[args.iteration_loss], args.iterations, args, extra)
+    if args.table in ("1", "all"):
+        for i, loss in enumerate(args.losses):
+            reuse = loss == args.iteration_loss and iterative
+            history = iterative["with-distillation"] if reuse else run(LOSSES[loss], 1, args, extra)
+            print_table1_rows(loss, history, with_base=i == 0)
+    if args.table in ("2", "all"):
+        iterative["without-distillation"] = run(LOSSES[args.iteration_loss], args.iterations, args,
+                                                extra + ["--model.init_args.student_steps", "0"])
+        for label, history in iterative.items():
+            print_table2(label, history)
     print(f"# {time.perf_counter() - start:.0f} s, {args.prompts} prompts x {args.group_size} samples, "
           f"{args.eval_size} held-out puzzles", flush=True)
 

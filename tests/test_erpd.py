@@ -294,7 +294,7 @@ def test_erpd_runs_from_yaml_end_to_end(tmp_path, tiny_model_dir):
             "--model.init_args.sampling.max_new_tokens", "8", "--model.init_args.val_sampling.max_new_tokens", "8",
             "--data.init_args.batch_size", "2", "--model.init_args.group_size", "2", "--data.init_args.val_size", "4",
             "--model.init_args.eval_size", "4", "--model.init_args.student_steps", "1",
-            "--model.init_args.teachers", '[{"loss": "mse", "epochs": 1, "mini_batch_size": 2, "strategy": 2, "unlearned_step": 1}]']
+            "--model.init_args.teachers", '[{"loss": "mse", "epochs": 1, "mini_batch_size": 2, "strategy": 2, "unlearned_step": 1, "save_steps": [1]}]']
     result = subprocess.run([sys.executable, "-m", "lit_rl.cli", *args], cwd=tmp_path, capture_output=True, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -302,3 +302,4 @@ def test_erpd_runs_from_yaml_end_to_end(tmp_path, tiny_model_dir):
     history = [json.loads(line) for line in (run_dir / "erpd_history.jsonl").read_text().splitlines()]
     assert [(h["stage"], h.get("strategy")) for h in history] == [("base", None), ("teacher", 2), ("student", None)]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "erpd" / "iteration1" / "teacher0" / "step1" / "config.json").is_file()   # a saved teacher step

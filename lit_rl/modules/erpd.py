@@ -1,6 +1,7 @@
 """ERPD: Extreme Region Policy Distillation (Chen et al. 2026, erpd-extreme-region-policy-distillation.txt)."""
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -135,6 +136,10 @@ class ERPD(ERPDStages, RLModule):
         self.stage_step += 1
         if kind == "teacher" and self.teachers[k].strategy == 2 and self.stage_step == self.teachers[k].unlearned_step:
             self.unlearned[k] = cpu_state(self.policy.model)          # pi_un
+        if kind == "teacher" and self.stage_step in self.teachers[k].save_steps and self.trainer.loggers:
+            out = Path(self.trainer.log_dir, "erpd", f"iteration{self.iteration}", f"teacher{k}", f"step{self.stage_step}")
+            if self.trainer.is_global_zero:
+                self.policy.model.save_pretrained(out)
         self.log_dict({"erpd/stage": float(STAGE_CODES[kind]), "erpd/iteration": float(self.iteration),
                        "erpd/teacher": float(k)}, batch_size=1)
         return stats

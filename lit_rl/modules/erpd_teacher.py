@@ -40,6 +40,8 @@ class Teacher:
             ``unlearned_step`` steps), 3 the student of iteration ``earlier_student``.
         outliers: ``keep``, or keep only ``min(0, .)`` / ``max(0, .)`` of the log-ratio on correct samples (Table 12).
         weight: this signal's weight in a simultaneous ensemble.
+        save_steps: stage-1 steps after which the teacher is also written with ``save_pretrained`` to
+            ``<run dir>/erpd/iteration<i>/teacher<k>/step<s>`` (e.g. candidate ``pi_un`` checkpoints to inspect).
     """
 
     loss: TeacherLoss = "ce"
@@ -62,6 +64,7 @@ class Teacher:
     earlier_student: int = 1
     outliers: Outliers = "keep"
     weight: float = 1.0
+    save_steps: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         checks = {"loss": self.loss in TeacherLoss.__args__, "epochs": self.epochs >= 1,
@@ -69,7 +72,8 @@ class Teacher:
                   "beta": self.beta > 0, "strategy": self.strategy in (1, 2, 3), "unlearned_step": self.unlearned_step >= 1,
                   "earlier_student": self.earlier_student >= 1, "outliers": self.outliers in ("keep", "min", "max"),
                   "tau_pos": self.tau_pos > 0, "tau_neg": self.tau_neg > 0, "negative_weight": self.negative_weight >= 0,
-                  "lr": self.lr is None or self.lr > 0, "reduce": self.reduce in ("sum", "mean")}
+                  "lr": self.lr is None or self.lr > 0, "reduce": self.reduce in ("sum", "mean"),
+                  "save_steps": all(step >= 1 for step in self.save_steps)}
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"invalid teacher setting {name}={getattr(self, name)!r} in {self}")
