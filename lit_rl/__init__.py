@@ -1,16 +1,21 @@
 """lit-rl: reinforcement-learning fine-tuning of language models as PyTorch Lightning modules."""
 
-from lit_rl.callbacks import ERPDStageSwitch, GroupAdvantage, KLEntropyTracker, RolloutRefresh
+from lit_rl.callbacks import GroupAdvantage, KLEntropyTracker, RolloutRefresh
 from lit_rl.data import CountdownData
-from lit_rl.modules import ERPD, GRPO, PPO, Teacher, REINFORCE, RLOO, SFT, PolicyModule, ReMax, RLModule
+from lit_rl.modules import GRPO, REINFORCE, RLOO, SFT, PolicyModule, ReMax, RLModule
 from lit_rl.policy import LoraSettings, Policy
 from lit_rl.rewards import RewardFunction, Score
 from lit_rl.rollout import Generation, HFEngine, RolloutBatch, RolloutEngine, Sampling
 from lit_rl.tasks.countdown import CountdownReward
 
+from lit_rl.callbacks.erpd_stage import ERPDStageSwitch  # noqa: I001 (ERPD and PPO)
+from lit_rl.modules.erpd import ERPD
+from lit_rl.modules.erpd_teacher import Teacher
+from lit_rl.modules.ppo import PPO
+
 __all__ = [
     "GRPO", "RLOO", "REINFORCE", "SFT", "CountdownData", "CountdownReward", "Generation", "GroupAdvantage",
     "HFEngine", "KLEntropyTracker", "LoraSettings", "Policy", "PolicyModule", "RLModule", "ReMax", "RewardFunction",
     "RolloutBatch", "RolloutEngine", "RolloutRefresh", "Sampling", "Score",
-    "ERPD", "ERPDStageSwitch", "PPO", "Teacher",
 ]
+__all__ += ["ERPD", "ERPDStageSwitch", "PPO", "Teacher"]
