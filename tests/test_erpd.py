@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,8 @@ def erpd(tiny_model_dir, teachers=(Teacher(loss="ce", epochs=2, mini_batch_size=
 def fit(module, steps, tmp_path=None, callbacks=(), ckpt_path=None, **kwargs) -> Trainer:
     trainer = Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-                      callbacks=list(callbacks), num_sanity_val_steps=0, default_root_dir=tmp_path,
+                      callbacks=list(callbacks), num_sanity_val_steps=0,
+                      default_root_dir=tmp_path or tempfile.mkdtemp(),     # on_train_end exports hf_model/ there
                       **{"limit_val_batches": 0, **kwargs})
     trainer.fit(module, datamodule=data(), ckpt_path=ckpt_path)
     return trainer
