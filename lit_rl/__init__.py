@@ -11,9 +11,15 @@ from lit_rl.rewards import RewardFunction, Score
 from lit_rl.rollout import Generation, HFEngine, RolloutBatch, RolloutEngine, Sampling
 from lit_rl.tasks.countdown import CountdownReward
 
+from lit_rl.callbacks.erpd_stage import ERPDStageSwitch  # noqa: I001 (ERPD and PPO)
+from lit_rl.modules.erpd import ERPD
+from lit_rl.modules.erpd_teacher import Teacher
+from lit_rl.modules.ppo import PPO
+
 __all__ = [
     "DPO", "IPO", "REBEL", "TOPR", "ListwiseModule", "MultiCompletion", "OfflineData",
     "GRPO", "RLOO", "REINFORCE", "SFT", "CountdownData", "CountdownReward", "Generation", "GroupAdvantage",
     "HFEngine", "KLEntropyTracker", "LoraSettings", "Policy", "PolicyModule", "RLModule", "ReMax", "RewardFunction",
     "RolloutBatch", "RolloutEngine", "RolloutRefresh", "Sampling", "Score",
 ]
+__all__ += ["ERPD", "ERPDStageSwitch", "PPO", "Teacher"]

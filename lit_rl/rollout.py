@@ -104,6 +104,8 @@ class HFEngine(RolloutEngine):
 TOKEN_FIELDS = frozenset({"completion_ids", "completion_mask", "old_logps", "ref_logps", "behaviour_logps",
                           "advantages"})
 
+TOKEN_FIELDS |= {"values", "returns"}                                  # PPO's critic
+
 
 @dataclass
 class RolloutBatch:
@@ -127,6 +129,8 @@ class RolloutBatch:
     behaviour_logps: Tensor | None = None                               # [B, C], of a stored dataset's policy
     from_dataset: bool = False                                          # replayed from stored rollouts
     advantages: Tensor | None = None                                    # [B] or [B, C]
+    values: Tensor | None = None                                        # [B, C], a value head's (PPO)
+    returns: Tensor | None = None                                       # [B, C], value targets (PPO)
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]

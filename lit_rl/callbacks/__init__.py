@@ -1,5 +1,6 @@
+from lit_rl.callbacks.erpd_stage import ERPDStageSwitch
 from lit_rl.callbacks.group_advantage import GroupAdvantage
 from lit_rl.callbacks.kl_entropy import KLEntropyTracker
 from lit_rl.callbacks.rollout_refresh import RolloutRefresh
 
-__all__ = ["GroupAdvantage", "KLEntropyTracker", "RolloutRefresh"]
+__all__ = ["ERPDStageSwitch", "GroupAdvantage", "KLEntropyTracker", "RolloutRefresh"]

@@ -1,12 +1,12 @@
 """GRPO: group-normalised advantages, a clipped surrogate and a KL penalty in the loss."""
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from lit_rl.modules.base import RLModule
-from lit_rl.objectives import GroupScale, clipped_policy_loss, grpo_advantages, zero_std_groups
+from lit_rl.objectives import GroupScale, clipped_policy_loss, grpo_advantages, sapo_loss, zero_std_groups
 from lit_rl.rollout import RolloutBatch
 
 
@@ -16,7 +16,7 @@ class GRPO(RLModule):
 
     Options beyond the paper: clip-higher (``eps_high``, DAPO), dual clip, ``scale="none"`` (Dr. GRPO),
     ``num_iterations`` passes over ``mini_batches`` of one rollout against stored old log-probs, and
-    dynamic sampling. Departure (dynamic sampling): DAPO refills with *new* prompts; lit-rl re-samples the
+    dynamic sampling; ``loss: sapo`` replaces the clip by SAPO's soft gate (Gao et al. 2025). Departure (dynamic sampling): DAPO refills with *new* prompts; lit-rl re-samples the
     dropped groups' own prompts, so the batch keeps its prompts and the data loader stays one batch per step.
     """
 
@@ -33,6 +33,9 @@ class GRPO(RLModule):
         mini_batches: int = 1,
         dynamic_sampling: bool = False,
         max_resample_rounds: int = 3,
+        loss: Literal["clip", "sapo"] = "clip",
+        tau_pos: float = 1.0,
+        tau_neg: float = 1.05,
         **kwargs: Any,
     ) -> None:
         """
@@ -45,6 +48,8 @@ class GRPO(RLModule):
             mini_batches: optimizer steps per pass (the rollout is shuffled and split).
             dynamic_sampling: re-sample groups whose rewards are all equal (they carry no signal).
             max_resample_rounds: give up re-sampling after this many rounds and keep what is left.
+            loss: ``clip`` (PPO clip) or ``sapo`` (soft gate ``sigmoid(tau (rho - 1)) * 4 / tau``; no clipping).
+            tau_pos, tau_neg: SAPO's gate temperatures for positive and negative advantages.
         """
         if group_size < 2:
             raise ValueError(f"GRPO needs group_size >= 2 samples per prompt (got group_size={group_size})")
@@ -56,12 +61,17 @@ class GRPO(RLModule):
         self.scale, self.eps_low, self.eps_high, self.dual_clip = scale, eps_low, eps_high, dual_clip
         self.num_iterations, self.mini_batches = num_iterations, mini_batches
         self.dynamic_sampling, self.max_resample_rounds = dynamic_sampling, max_resample_rounds
+        if loss not in ("clip", "sapo"):
+            raise ValueError(f"GRPO loss must be 'clip' or 'sapo' (got {loss!r})")
+        self.loss, self.tau_pos, self.tau_neg = loss, tau_pos, tau_neg
 
     def advantages(self, rollout: RolloutBatch) -> Tensor:
         return grpo_advantages(rollout.rewards, rollout.group_size, self.scale)
 
-    def policy_loss(self, logps: Tensor, batch: RolloutBatch) -> tuple[Tensor, Tensor]:
+    def policy_loss(self, logps: Tensor, batch: RolloutBatch) -> tuple[Tensor, Tensor | None]:
         old_logps = batch.old_logps if batch.old_logps is not None else logps.detach()
+        if self.loss == "sapo":
+            return sapo_loss(logps, old_logps, batch.advantages, self.tau_pos, self.tau_neg), None
         return clipped_policy_loss(logps, old_logps, batch.advantages, self.eps_low, self.eps_high, self.dual_clip)
 
     def collect(self, prompt_ids: Tensor, prompt_mask: Tensor, metas: list[dict]) -> RolloutBatch:

@@ -9,6 +9,17 @@ from lit_rl.objectives.advantages import (
     zero_std_groups,
 )
 from lit_rl.objectives.aggregation import Aggregation, aggregate
+from lit_rl.objectives.erpd import (
+    Outliers,
+    combine_signals,
+    deviation_ratio,
+    distillation_signal,
+    mask_outliers,
+    sample_kl,
+    whiten,
+)
+from lit_rl.objectives.ppo import clipped_value_loss, gae, length_adaptive_lambda, outcome_token_rewards
+from lit_rl.objectives.teacher import ce_loss, implicit_reward, mse_loss, sapo_loss
 from lit_rl.objectives.kl import KLEstimator, kl_penalty
 from lit_rl.objectives.losses import clipped_policy_loss, policy_gradient_loss, sft_loss
 from lit_rl.objectives.offpolicy import topr_loss
@@ -27,4 +38,9 @@ __all__ = [
     "kl_penalty", "policy_gradient_loss", "reinforce_advantages", "remax_advantages", "rloo_advantages",
     "sft_loss", "zero_std_groups", "topr_loss", "best_worst", "dpo_loss", "ipo_loss", "multi_completion_loss",
     "pair_margins", "rebel_loss", "sequence_logps",
+]
+__all__ += [  # ERPD and PPO
+    "Outliers", "ce_loss", "clipped_value_loss", "combine_signals", "deviation_ratio", "distillation_signal", "gae",
+    "implicit_reward", "length_adaptive_lambda", "mask_outliers", "mse_loss", "outcome_token_rewards", "sample_kl",
+    "sapo_loss", "whiten",
 ]

@@ -1,0 +1,298 @@
+"""ERPD end to end on a tiny model: the stage schedule, what each transition leaves behind (pi_old restored,
+a whitened signal, pi_un, an earlier student), every teacher loss, ensembles, the validation criterion,
+exact resume mid-stage, bad settings, the YAML configs; and PPO / SAPO as on-policy algorithms."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.testing import assert_close
+
+from lit_rl import ERPD, GRPO, PPO, CountdownData, CountdownReward, ERPDStageSwitch, RewardFunction, Score, Teacher
+from lit_rl.modules.heads import ValueHead, capture_output
+from lit_rl.rollout import Sampling
+
+ROOT = Path(__file__).parents[1]
+SAMPLING = Sampling(temperature=1.0, max_new_tokens=8)
+VAL = Sampling(temperature=0.0, max_new_tokens=8)
+
+
+class DigitShare(RewardFunction):
+    """Share of digits, and "correct" when at least half the characters are digits: both vary from sample to
+    sample even for an untrained model, so every teacher loss gets a signal."""
+
+    def __call__(self, completion, meta):
+        share = sum(c.isdigit() for c in completion) / max(1, len(completion))
+        return Score(share, correct=share >= 0.5)
+
+
+def data(**kwargs) -> CountdownData:
+    return CountdownData(**{"batch_size": 2, "val_batch_size": 4, "train_size": 64, "val_size": 4, **kwargs})
+
+
+def erpd(tiny_model_dir, teachers=(Teacher(loss="ce", epochs=2, mini_batch_size=2),), **kwargs) -> ERPD:
+    """2 prompts x 2 samples = 4 rows; a teacher of 2 epochs x 2 steps; 2 student steps of the whole batch."""
+    settings = {"group_size": 2, "sampling": SAMPLING, "val_sampling": VAL, "reward": DigitShare(), "eval_size": 4,
+                "student_steps": 2, "optimizer": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0), **kwargs}
+    return ERPD(model=tiny_model_dir, teachers=list(teachers), **settings)
+
+
+def fit(module, steps, tmp_path=None, callbacks=(), ckpt_path=None, **kwargs) -> Trainer:
+    trainer = Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+                      callbacks=list(callbacks), num_sanity_val_steps=0,
+                      default_root_dir=tmp_path or tempfile.mkdtemp(),     # on_train_end exports hf_model/ there
+                      **{"limit_val_batches": 0, **kwargs})
+    trainer.fit(module, datamodule=data(), ckpt_path=ckpt_path)
+    return trainer
+
+
+def weights(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.policy.model.state_dict().items()}
+
+
+def test_one_iteration_runs_each_stage_and_restores_pi_old(tiny_model_dir):
+    torch.manual_seed(0)
+    module = erpd(tiny_model_dir, online_steps=1)
+    assert module.stages() == [("teacher", 0), ("student", 0), ("online", 0)]
+    trainer = fit(module, 4)                                            # exactly the teacher stage
+    assert module.stage == ("student", 0) and module.stage_step == 0    # on_train_end closed the stage
+    for name, value in weights(module).items():                        # stage 2 starts from pi_old
+        assert torch.equal(value, module.old_state[name]), name
+    signal, mask = module.rollout.advantages, module.rollout.completion_mask.bool()
+    assert signal.shape == mask.shape and signal[mask].mean().abs() < 1e-5
+    assert signal[mask].std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4) and (signal[~mask] == 0).all()
+    assert [h["stage"] for h in module.history] == ["base", "teacher"]
+    assert module.history[1]["kl_base"] > module.history[0]["kl_base"] == pytest.approx(0.0, abs=1e-6)
+    switch = next(c for c in trainer.callbacks if isinstance(c, ERPDStageSwitch))
+    assert switch.switches == [{"step": 4, "iteration": 1, "stage": "teacher", "teacher": 0, "steps": 4, "early": False}]
+
+
+def test_full_iterations_log_metrics_and_the_student_becomes_pi_old(tiny_model_dir):
+    torch.manual_seed(0)
+    module = erpd(tiny_model_dir, online_steps=1)
+    trainer = fit(module, 7 + 4)                                       # iteration 1 (4 + 2 + 1), then iteration 2's teacher
+    assert [(h["iteration"], h["stage"]) for h in module.history] == [
+        (1, "base"), (1, "teacher"), (1, "student"), (1, "online"), (2, "teacher")]
+    for key in ("erpd/stage", "erpd/iteration", "erpd/teacher", "erpd/accuracy", "erpd/ratio", "erpd/entropy",
+                "train/kl_base", "train/kl", "train/loss", "train/entropy", "rollout/reward_mean"):
+        assert key in trainer.callback_metrics, key
+    student = module.history[2]
+    assert 0 < student["ratio"] and 0 <= student["accuracy"] <= 1 and student["entropy"] > 0
+    assert module.iteration == 2 and module.rollout is not None         # iteration 2 sampled from the new pi_old
+
+
+@pytest.mark.parametrize("loss", ["grpo", "ppo", "sapo", "ce", "mse"])
+def test_every_teacher_loss_trains(tiny_model_dir, loss):
+    torch.manual_seed(0)
+    module = erpd(tiny_model_dir, teachers=[Teacher(loss=loss, epochs=1, mini_batch_size=4, kl_coef=0.1)],
+                  student_steps=1)
+    trainer = fit(module, 1)                                           # one teacher step
+    assert trainer.global_step == 1 and module.stage == ("student", 0)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    moved = module.teacher_logps[0] - module.rollout.old_logps
+    assert moved.abs().sum() > 0, "the teacher step changed nothing"
+    if loss == "ppo":
+        assert module.rollout.values is not None and module.rollout.returns is not None
+
+
+def test_no_distillation_keeps_the_teacher_and_strategy_3_uses_an_earlier_student(tiny_model_dir):
+    torch.manual_seed(0)
+    module = erpd(tiny_model_dir, teachers=[Teacher(loss="ce", epochs=1, mini_batch_size=4, strategy=3,
+                                                    earlier_student=1)], student_steps=1)
+    fit(module, 2 * 2)
+    assert [h.get("strategy") for h in module.history if h["stage"] == "teacher"] == [1, 3]   # 1: not yet there
+    assert set(module.students) == {1}
+    torch.manual_seed(0)
+    plain = erpd(tiny_model_dir, teachers=[Teacher(loss="ce", epochs=1, mini_batch_size=4)], student_steps=0)
+    fit(plain, 1)                                                       # teacher only: it becomes the next pi_old
+    assert plain.iteration == 2 and plain.rollout is None
+    assert any(not torch.equal(v, plain.old_state[k]) for k, v in weights(plain).items())
+
+
+def test_strategy_2_divides_by_the_unlearned_checkpoint(tiny_model_dir):
+    torch.manual_seed(0)
+    module = erpd(tiny_model_dir, teachers=[Teacher(loss="mse", epochs=2, mini_batch_size=4, strategy=2,
+                                                    unlearned_step=1)], student_steps=1)
+    fit(module, 1)
+    assert 0 in module.unlearned                                        # pi_un kept on CPU after step 1
+    assert all(v.device.type == "cpu" for v in module.unlearned[0].values())
+    fit(module, 1)                                                      # the teacher's last step; then the switch
+    assert module.history[-1]["strategy"] == 2 and not module.unlearned  # consumed into the signal
+    for name, value in weights(module).items():                        # and pi_old, not pi_un, is restored
+        assert torch.equal(value, module.old_state[name]), name
+
+
+@pytest.mark.parametrize("ensemble, stages", [
+    ("sequential", [("teacher", 0), ("teacher", 1), ("student", 0), ("student", 1)]),
+    ("simultaneous", [("teacher", 0), ("teacher", 1), ("student", -1)]),
+])
+def test_teacher_ensembles(tiny_model_dir, ensemble, stages):
+    torch.manual_seed(0)
+    teachers = [Teacher(loss="ce", epochs=1, mini_batch_size=4), Teacher(loss="mse", epochs=1, mini_batch_size=4,
+                                                                         strategy=2, unlearned_step=1, weight=0.5)]
+    module = erpd(tiny_model_dir, teachers=teachers, ensemble=ensemble, student_steps=1)
+    assert module.stages() == stages
+    fit(module, 2)                                                      # both teachers; then the first student stage
+    assert module.stage == stages[2] and set(module.signals) == {0, 1}
+    mask = module.rollout.completion_mask.bool()
+    assert module.rollout.advantages[mask].std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_validation_criterion_ends_a_stage_early(tiny_model_dir):
+    torch.manual_seed(0)
+    module = erpd(tiny_model_dir, teachers=[Teacher(loss="ce", epochs=4, mini_batch_size=2)],   # 8 steps
+                  reward=CountdownReward())
+    switch = ERPDStageSwitch(monitor="val/accuracy", patience=1)
+    fit(module, 3, callbacks=[switch], limit_val_batches=1, val_check_interval=1)
+    # the tiny model never solves a puzzle: the 2nd validation does not improve, so stage 1 ends after 2 steps
+    assert switch.switches[0] | {"step": 2} == {"step": 2, "iteration": 1, "stage": "teacher", "teacher": 0,
+                                                "steps": 2, "early": True}
+    assert module.stage == ("student", 0) and module.stage_step == 1
+
+
+def test_resume_mid_stage_2_reproduces_the_uninterrupted_run(tiny_model_dir, tmp_path, stop=5):
+    """8 steps straight, or ``stop`` steps, a checkpoint, a fresh module and RNG state, and the rest: the same
+    weights, signal and history. Steps: teacher 1-4 (pi_un after 1), student 5-6, iteration 2's teacher 7-8."""
+    teachers = [Teacher(loss="ce", epochs=2, mini_batch_size=2, strategy=2, unlearned_step=1)]
+
+    def run(steps, ckpt_path=None, every=None):
+        torch.manual_seed(0)
+        module = erpd(tiny_model_dir, teachers=teachers)
+        callbacks = [ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=every, save_last=True)] if every else []
+        torch.manual_seed(123 if ckpt_path else 0)                     # the resumed process starts elsewhere
+        fit(module, steps, tmp_path, callbacks=callbacks, ckpt_path=ckpt_path)
+        return module
+
+    straight = run(8)
+    stopped = run(stop, every=stop)
+    assert stopped.iteration == 1 and stopped.stage == ("student", 0) and stopped.stage_step == 1
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)       # loads with torch's safe unpickler
+    assert (saved["erpd"]["iteration"], saved["erpd"]["phase"], saved["erpd"]["stage_step"]) == (1, 1, 1)
+    assert_close(saved["erpd"]["rollout"]["advantages"], stopped.rollout.advantages)
+    resumed = run(8, ckpt_path=str(tmp_path / "last.ckpt"))
+    for (name, a), b in zip(weights(straight).items(), weights(resumed).values()):
+        assert torch.equal(a, b), name
+    assert [{k: v for k, v in h.items()} for h in straight.history] == resumed.history
+    assert torch.equal(straight.rollout.completion_ids, resumed.rollout.completion_ids)
+    assert resumed.iteration == 2 and len(resumed.history) == 3        # base, teacher, student
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"teachers": [Teacher(loss="ce", epochs=1, mini_batch_size=4, strategy=2, unlearned_step=9)]}, "unlearned_step"),
+])
+def test_a_pi_un_past_the_stage_end_is_named(tiny_model_dir, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fit(erpd(tiny_model_dir, **kwargs), 1)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: Teacher(loss="dpo"), "loss"),
+    (lambda: Teacher(strategy=4), "strategy"),
+    (lambda: Teacher(epochs=0), "epochs"),
+    (lambda: Teacher(outliers="abs"), "outliers"),
+    (lambda: Teacher(beta=0.0), "beta"),
+])
+def test_bad_teacher_settings_are_named(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"student_steps": -1}, "student_steps"), ({"group_size": 1}, "group_size"), ({"kl_samples": 0}, "kl_samples"),
+    ({"ensemble": "vote"}, "ensemble"), ({"student_mini_batch_size": 0}, "student_mini_batch_size"),
+])
+def test_bad_erpd_settings_are_named(tiny_model_dir, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        erpd(tiny_model_dir, **kwargs)
+
+
+def test_micro_batches_give_the_full_batch_gradient_for_ce_and_student_losses(tiny_model_dir):
+    """1x4 and 4x1 accumulate to the same gradient: CE's sequence loss spread over tokens, and the student's
+    clipped surrogate with KL to pi_old and the entropy bonus."""
+    torch.manual_seed(0)
+    module = erpd(tiny_model_dir, student_kl_coef=0.1, student_entropy_coef=0.5)
+    fit(module, 4)                                                      # now at the start of stage 2
+    rollout = module.rollout
+    with torch.no_grad():
+        for p in module.policy.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    params = [p for p in module.policy.parameters() if p.requires_grad]
+    for phase in (0, 1):                                                # teacher (CE), student
+        module.phase = phase
+        if phase == 0:
+            rollout.advantages = torch.zeros(len(rollout))
+        normalisers = module.normalisers(rollout)
+        full = torch.autograd.grad(module.micro_loss(rollout, normalisers)[0], params, allow_unused=True)
+        parts = [torch.autograd.grad(module.micro_loss(m, normalisers)[0], params, allow_unused=True)
+                 for m in rollout.split(1)]
+        for i, f in enumerate(full):
+            if f is not None:
+                assert_close(sum(p[i] for p in parts), f, rtol=1e-4, atol=1e-6)
+        assert sum(f.abs().sum() for f in full if f is not None) > 0
+
+
+def test_ppo_trains_with_its_value_head_and_sapo_as_a_grpo_loss(tiny_model_dir):
+    torch.manual_seed(0)
+    ppo = PPO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, val_sampling=VAL, reward=DigitShare(),
+              num_iterations=2, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    head = ppo.value_head.linear.weight.detach().clone()
+    trainer = fit(ppo, 4)
+    assert trainer.global_step == 4 and not torch.equal(head, ppo.value_head.linear.weight)
+    assert "rollout/value_mean" in trainer.callback_metrics and "train/clip_frac" in trainer.callback_metrics
+    sapo = GRPO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, reward=DigitShare(), loss="sapo", num_iterations=2)
+    trainer = fit(sapo, 2)
+    assert trainer.global_step == 2 and "train/clip_frac" not in trainer.callback_metrics   # SAPO never clips
+    with pytest.raises(ValueError, match="loss"):
+        GRPO(model=tiny_model_dir, loss="cispo")
+    with pytest.raises(ValueError, match="lam"):
+        PPO(model=tiny_model_dir, lam=1.5)
+
+
+def test_value_head_reads_the_same_hidden_states_as_the_training_forward(tiny_model_dir):
+    torch.manual_seed(0)
+    ppo = PPO(model=tiny_model_dir, group_size=2, sampling=SAMPLING)
+    torch.nn.init.normal_(ppo.value_head.linear.weight)
+    dm = data()
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    rollout = ppo.sample(*ppo.encode(batch["prompt"], SAMPLING), batch["meta"], SAMPLING, 2)
+    fields = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
+    direct = ppo.value_head.values(ppo.policy, *fields)
+    with capture_output(ValueHead.decoder(ppo.policy)) as outputs:
+        ppo.policy.logps(*fields)
+    captured = ppo.value_head(outputs[-1].last_hidden_state, rollout.completion_ids.shape[1])
+    assert_close(captured, direct, rtol=1e-5, atol=1e-6)
+
+
+ERPD_CONFIGS = sorted(p.stem for p in (ROOT / "cli_configs").glob("erpd*.yaml"))
+
+
+def test_erpd_and_ppo_configs_exist():
+    assert {"erpd", "erpd_sapo", "erpd_grpo", "erpd_ppo", "erpd_mse", "erpd_ensemble"} <= set(ERPD_CONFIGS)
+    assert (ROOT / "cli_configs" / "ppo.yaml").is_file()
+
+
+def test_erpd_runs_from_yaml_end_to_end(tmp_path, tiny_model_dir):
+    """One ERPD iteration through the ``lit-rl`` command on the tiny model: history and checkpoints in the run dir."""
+    args = ["fit", "--config", str(ROOT / "cli_configs" / "erpd_mse.yaml"), "--model.init_args.model", tiny_model_dir,
+            "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.max_steps", "3", "--summary", "false",
+            "--model.init_args.sampling.max_new_tokens", "8", "--model.init_args.val_sampling.max_new_tokens", "8",
+            "--data.init_args.batch_size", "2", "--model.init_args.group_size", "2", "--data.init_args.val_size", "4",
+            "--model.init_args.eval_size", "4", "--model.init_args.student_steps", "1",
+            "--model.init_args.teachers", '[{"loss": "mse", "epochs": 1, "mini_batch_size": 2, "strategy": 2, "unlearned_step": 1, "save_steps": [1]}]']
+    result = subprocess.run([sys.executable, "-m", "lit_rl.cli", *args], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs" / "erpd").iterdir()
+    history = [json.loads(line) for line in (run_dir / "erpd_history.jsonl").read_text().splitlines()]
+    assert [(h["stage"], h.get("strategy")) for h in history] == [("base", None), ("teacher", 2), ("student", None)]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "erpd" / "iteration1" / "teacher0" / "step1" / "config.json").is_file()   # a saved teacher step
