@@ -7,9 +7,10 @@ from lit_rl.policy import LoraSettings, Policy
 from lit_rl.rewards import RewardFunction, Score
 from lit_rl.rollout import Generation, HFEngine, RolloutBatch, RolloutEngine, Sampling
 from lit_rl.tasks.countdown import CountdownReward
+from lit_rl.vllm_engine import VLLMEngine
 
 __all__ = [
     "GRPO", "RLOO", "REINFORCE", "SFT", "CountdownData", "CountdownReward", "Generation", "GroupAdvantage",
     "HFEngine", "KLEntropyTracker", "LoraSettings", "Policy", "PolicyModule", "RLModule", "ReMax", "RewardFunction",
-    "RolloutBatch", "RolloutEngine", "RolloutRefresh", "Sampling", "Score",
+    "RolloutBatch", "RolloutEngine", "RolloutRefresh", "Sampling", "Score", "VLLMEngine",
 ]

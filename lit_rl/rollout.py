@@ -101,7 +101,8 @@ class HFEngine(RolloutEngine):
         return Generation(completion_ids * mask + self.tokenizer.pad_token_id * (1 - mask), mask, logps)
 
 
-TOKEN_FIELDS = frozenset({"completion_ids", "completion_mask", "old_logps", "ref_logps", "advantages"})
+TOKEN_FIELDS = frozenset({"completion_ids", "completion_mask", "old_logps", "ref_logps", "advantages",
+                          "behaviour_logps", "is_weights"})
 
 
 @dataclass
@@ -124,6 +125,8 @@ class RolloutBatch:
     old_logps: Tensor | None = None                                     # [B, C]
     ref_logps: Tensor | None = None                                     # [B, C]
     advantages: Tensor | None = None                                    # [B] or [B, C]
+    behaviour_logps: Tensor | None = None                               # [B, C], the engine's, when it returns them
+    is_weights: Tensor | None = None                                    # [B, C], truncated importance weights
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
