@@ -158,3 +158,25 @@ def test_bad_engine_settings_are_named(tiny_model_dir):
     batch = next(iter(data(batch_size=2).train_dataloader()))
     with pytest.raises(ValueError, match="needs an engine that returns log-probs"):
         module.make_rollout(batch)
+
+
+def test_an_exported_lora_policy_loads_in_vllm(tmp_path):
+    """``export_pretrained`` of a LoRA policy: vLLM started from the directory alone (no weights pushed)
+    decodes exactly what the LoRA policy decodes in transformers."""
+    from vllm import LLM
+
+    from lit_rl.export import export_pretrained
+
+    torch.manual_seed(0)
+    policy = Policy.load(MODEL, lora=LoraSettings(r=4))
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    export_pretrained(policy.model, policy.tokenizer, tmp_path / "hf_model")
+    engine = VLLMEngine(gpu_memory_utilization=0.1, max_model_len=128)
+    engine.model, engine.tokenizer = policy.model, policy.tokenizer     # for packing only: no bind, no sync
+    engine.llm = LLM(model=str(tmp_path / "hf_model"), dtype="float32", enforce_eager=True, gpu_memory_utilization=0.1,
+                     max_model_len=128)
+    assert engine.syncs == 0
+    assert torch.equal(greedy(engine, policy), hf_greedy(policy))
