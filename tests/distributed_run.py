@@ -53,10 +53,11 @@ class PlusAndLength(RewardFunction):
 
 class Losses(Callback):
     def __init__(self):
-        self.losses = []
+        self.losses, self.grad_norms = [], []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.losses.append(float(trainer.callback_metrics["train/loss"]))
+        self.grad_norms.append(float(trainer.callback_metrics["train/grad_norm"]))
 
 
 def main(kind: str, devices: int, batch_size: int, out: str) -> None:
@@ -73,7 +74,7 @@ def main(kind: str, devices: int, batch_size: int, out: str) -> None:
     trainer.fit(module, datamodule=CountdownData(batch_size=batch_size, train_size=64, val_size=4))
     weights = merged_state_dict(module.policy.model)                    # a collective under FSDP2: every rank
     if trainer.is_global_zero:
-        torch.save({"losses": losses.losses, "weights": weights, "world_size": trainer.world_size,
+        torch.save({"losses": losses.losses, "grad_norms": losses.grad_norms, "weights": weights, "world_size": trainer.world_size,
                     "sharded": hasattr(module.policy.model.lm_head.weight, "full_tensor")}, out)
 
 

@@ -41,6 +41,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(single, tmp_
     assert parallel["sharded"] == (kind == "fsdp2")                    # FSDP2 really sharded the parameters
     assert len(parallel["losses"]) == len(single["losses"]) == 3
     assert_close(torch.tensor(parallel["losses"]), torch.tensor(single["losses"]), rtol=0, atol=1e-6)
+    assert_close(torch.tensor(parallel["grad_norms"]), torch.tensor(single["grad_norms"]), rtol=1e-4, atol=0)  # global norm
     assert set(parallel["weights"]) == set(single["weights"])
     for name, value in single["weights"].items():
         assert_close(parallel["weights"][name], value, rtol=0, atol=5e-5, msg=name)
