@@ -10,6 +10,7 @@ from lit_rl.policy import LoraSettings, Policy
 from lit_rl.rewards import RewardFunction, Score
 from lit_rl.rollout import Generation, HFEngine, RolloutBatch, RolloutEngine, Sampling
 from lit_rl.tasks.countdown import CountdownReward
+from lit_rl.vllm_engine import VLLMEngine
 
 from lit_rl.callbacks.erpd_stage import ERPDStageSwitch  # noqa: I001 (ERPD and PPO)
 from lit_rl.modules.erpd import ERPD
@@ -20,6 +21,6 @@ __all__ = [
     "DPO", "IPO", "REBEL", "TOPR", "ListwiseModule", "MultiCompletion", "OfflineData",
     "GRPO", "RLOO", "REINFORCE", "SFT", "CountdownData", "CountdownReward", "Generation", "GroupAdvantage",
     "HFEngine", "KLEntropyTracker", "LoraSettings", "Policy", "PolicyModule", "RLModule", "ReMax", "RewardFunction",
-    "RolloutBatch", "RolloutEngine", "RolloutRefresh", "Sampling", "Score",
+    "RolloutBatch", "RolloutEngine", "RolloutRefresh", "Sampling", "Score", "VLLMEngine",
 ]
 __all__ += ["ERPD", "ERPDStageSwitch", "PPO", "Teacher"]

@@ -102,9 +102,7 @@ class HFEngine(RolloutEngine):
 
 
 TOKEN_FIELDS = frozenset({"completion_ids", "completion_mask", "old_logps", "ref_logps", "behaviour_logps",
-                          "advantages"})
-
-TOKEN_FIELDS |= {"values", "returns"}                                  # PPO's critic
+                          "advantages", "is_weights", "values", "returns"})
 
 
 @dataclass
@@ -126,11 +124,12 @@ class RolloutBatch:
     rewards: Tensor | None = None                                       # [B]
     old_logps: Tensor | None = None                                     # [B, C]
     ref_logps: Tensor | None = None                                     # [B, C]
-    behaviour_logps: Tensor | None = None                               # [B, C], of a stored dataset's policy
+    behaviour_logps: Tensor | None = None                               # [B, C]: the data's sampler (dataset or engine)
     from_dataset: bool = False                                          # replayed from stored rollouts
     advantages: Tensor | None = None                                    # [B] or [B, C]
     values: Tensor | None = None                                        # [B, C], a value head's (PPO)
     returns: Tensor | None = None                                       # [B, C], value targets (PPO)
+    is_weights: Tensor | None = None                                    # [B, C], truncated importance weights
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]

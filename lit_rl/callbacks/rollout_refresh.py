@@ -26,6 +26,11 @@ class RolloutRefresh(Callback):
         pl_module.engine.sync_weights(pl_module.policy.model)          # a resumed run starts in sync
         self.last_synced_step = trainer.global_step
 
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.global_step != self.last_synced_step:                # validate the policy, not a stale copy
+            pl_module.engine.sync_weights(pl_module.policy.model)
+            self.last_synced_step = trainer.global_step
+
     def state_dict(self) -> dict[str, Any]:
         return {"last_synced_step": self.last_synced_step}
 

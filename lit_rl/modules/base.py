@@ -17,7 +17,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from lit_rl.export import export_pretrained, merged_state_dict
 from lit_rl.objectives import Aggregation, KLEstimator, aggregate, kl_penalty, policy_gradient_loss, zero_std_groups
+from lit_rl.objectives import logp_diff, truncated_importance_weights
 from lit_rl.policy import LoraSettings, Policy
 from lit_rl.rewards import RewardFunction, score_all
 from lit_rl.rollout import HFEngine, RolloutBatch, RolloutEngine, Sampling
@@ -92,7 +94,7 @@ class PolicyModule(LightningModule):
             completion_ids=generation.completion_ids, completion_mask=generation.completion_mask,
             scores=torch.tensor([s.reward for s in scores], dtype=torch.float32, device=device),
             correct=torch.tensor([s.correct for s in scores], dtype=torch.bool, device=device),
-            metas=metas, group_size=n)
+            metas=metas, group_size=n, behaviour_logps=generation.logps)
 
     def replay(self, batch: dict[str, list]) -> RolloutBatch:
         """A rollout batch from stored groups (:class:`lit_rl.OfflineData`): the data's completions, rewards and
@@ -130,11 +132,19 @@ class PolicyModule(LightningModule):
     def on_train_end(self) -> None:
         """Export the trained policy with ``save_pretrained`` to ``<run dir>/hf_model``: it then loads in
         ``transformers`` (or vLLM) like any hub model, and ``model: <run dir>/hf_model`` starts a next stage.
-        Under LoRA this writes the adapter; merge it with ``policy.model.merge_and_unload()`` first for a full model."""
-        log_dir = self.trainer.log_dir if self.trainer.loggers else None      # no logger: no run directory
+        Under LoRA it holds the merged weights, and ``hf_model/adapter`` the adapter alone (``lit_rl.export``).
+        Without a logger there is no run directory and nothing is written."""
+        log_dir = self.trainer.log_dir if self.trainer.loggers else None
+        state = None if self.device_mesh is None else merged_state_dict(self.policy.model)  # FSDP2: every rank gathers
         if log_dir is not None and self.trainer.is_global_zero:
-            self.policy.model.save_pretrained(f"{log_dir}/hf_model")
-            self.policy.tokenizer.save_pretrained(f"{log_dir}/hf_model")
+            export_pretrained(self.policy.model, self.policy.tokenizer, f"{log_dir}/hf_model", state)
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` shard the policy with FSDP2 over the data-parallel mesh."""
+        if self.device_mesh is not None:
+            from lit_rl.distributed import fully_shard_policy
+
+            fully_shard_policy(self.policy.model, self.device_mesh["data_parallel"])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Sampling draws from these generators: saving them makes a resumed run draw what the original would have.
@@ -178,6 +188,7 @@ class RLModule(PolicyModule):
         log_kl: bool = True,
         max_grad_norm: float | None = 1.0,
         micro_batch_size: int | None = None,
+        importance_sampling_cap: float | None = None,
         **kwargs: Any,
     ) -> None:
         """
@@ -192,6 +203,8 @@ class RLModule(PolicyModule):
             log_kl: keep a frozen reference even when ``kl_coef = 0`` so ``train/kl`` is logged.
             max_grad_norm: clip the gradient norm (``None``: no clipping; the norm is logged either way).
             micro_batch_size: rows per forward/backward; gradients accumulate to one optimizer step.
+            importance_sampling_cap: weight each token's policy loss by ``min(pi_old / pi_engine, cap)``
+                (truncated importance sampling; needs an engine that returns log-probs, e.g. ``VLLMEngine``).
         """
         super().__init__(**kwargs)
         if group_size < 1:
@@ -202,7 +215,10 @@ class RLModule(PolicyModule):
             raise ValueError(f"micro_batch_size must be >= 1 or null (got {micro_batch_size})")
         self.group_size, self.sampling, self.aggregation = group_size, sampling, aggregation
         self.kl_coef, self.kl_estimator, self.kl_in_reward = kl_coef, kl_estimator, kl_in_reward
+        if importance_sampling_cap is not None and importance_sampling_cap <= 0:
+            raise ValueError(f"importance_sampling_cap must be > 0 or null (got {importance_sampling_cap})")
         self.max_grad_norm, self.micro_batch_size = max_grad_norm, micro_batch_size
+        self.importance_sampling_cap = importance_sampling_cap
         self.num_iterations, self.mini_batches = 1, 1                   # GRPO reuses a rollout; on-policy PG does not
         self.automatic_optimization = False
         if kl_coef > 0 or log_kl:
@@ -231,6 +247,8 @@ class RLModule(PolicyModule):
         """The micro-batch's scalar loss, already divided by the step's global normaliser: here the per-token
         :meth:`policy_loss` plus the KL penalty, aggregated. Sequence-level objectives override this."""
         token_loss, clipped = self.policy_loss(logps, micro)                    # [b, C]
+        if micro.is_weights is not None:
+            token_loss = token_loss * micro.is_weights                          # engine/trainer mismatch
         if micro.ref_logps is not None and self.kl_coef > 0 and not self.kl_in_reward:
             token_loss = token_loss + self.kl_coef * kl_penalty(logps, micro.ref_logps, self.kl_estimator)
         if clipped is not None:
@@ -254,8 +272,18 @@ class RLModule(PolicyModule):
         rollout = self.select_rows(rollout)
         if len(rollout) == 0:
             return rollout
-        if self.needs_old_logps(rollout):
+        engine_logps = rollout.behaviour_logps is not None and not rollout.from_dataset
+        if self.needs_old_logps(rollout) or engine_logps:
             rollout.old_logps = self._rowwise(rollout, lambda *args: self.policy.logps(*args)[0])
+        if engine_logps:                                                # an engine with its own log-probs
+            mean_diff, max_diff = logp_diff(rollout.old_logps, rollout.behaviour_logps, rollout.completion_mask)
+            self.log_dict({"rollout/logp_diff": mean_diff, "rollout/logp_diff_max": max_diff}, batch_size=len(rollout))
+            if self.importance_sampling_cap is not None:
+                rollout.is_weights = truncated_importance_weights(rollout.old_logps, rollout.behaviour_logps,
+                                                                  rollout.completion_mask, self.importance_sampling_cap)
+        elif self.importance_sampling_cap is not None and not rollout.from_dataset:
+            raise ValueError(f"importance_sampling_cap needs an engine that returns log-probs; "
+                             f"{type(self.engine).__name__} returned none")
         if self.policy.has_reference:
             rollout.ref_logps = self._rowwise(rollout, self.policy.reference_logps)
         rollout.rewards = rollout.scores
@@ -288,9 +316,13 @@ class RLModule(PolicyModule):
         return stats
 
     def normalisers(self, batch: RolloutBatch) -> dict[str, Any]:
-        """The global normalisers of one optimizer step's batch, shared by all its micro-batches."""
-        return {"num_seqs": len(batch), "num_tokens": batch.completion_mask.sum().clamp(min=1),
-                "max_len": self.sampling.max_new_tokens}
+        """The global normalisers of one optimizer step's batch, shared by all its micro-batches. Under data
+        parallelism the token count is the mean over ranks: DDP/FSDP average gradients over ranks, so
+        ``sum_rank / mean_rank_tokens`` averaged gives ``sum_all / all_tokens``, one process's loss."""
+        num_tokens = batch.completion_mask.sum().float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            num_tokens = self.trainer.strategy.reduce(num_tokens, reduce_op="mean")
+        return {"num_seqs": len(batch), "num_tokens": num_tokens.clamp(min=1), "max_len": self.sampling.max_new_tokens}
 
     def micro_loss(self, micro: RolloutBatch, normalisers: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss of one micro-batch, already divided by the step's global normaliser, and token-sum stats."""
@@ -320,7 +352,7 @@ class RLModule(PolicyModule):
         optimizer.zero_grad(set_to_none=True)
         if (scheduler := self.lr_schedulers()) is not None:
             scheduler.step()
-        self.log("train/loss", loss_sum, prog_bar=True, batch_size=len(batch))
+        self.log("train/loss", loss_sum, prog_bar=True, batch_size=len(batch), sync_dist=True)   # the global loss
         self.log("train/grad_norm", grad_norm, batch_size=len(batch))
 
     def log_rollout(self, rollout: RolloutBatch) -> None:

