@@ -66,13 +66,17 @@ def _check(where: str, row: dict[str, Any]) -> None:
 
     need("prompt", str)
     if "chosen" in row:
-        need("chosen", str), need("rejected", str)
+        need("chosen", str)
+        need("rejected", str)
         return
-    need("completion", str), need("reward", (int, float)), need("meta", dict, True), need("correct", bool, True)
+    need("completion", str)
+    need("reward", (int, float))
+    need("meta", dict, optional=True)
+    need("correct", bool, optional=True)
     if not math.isfinite(row["reward"]):
         raise ValueError(f"{where}: reward is {row['reward']}")
     for key in ("prompt_ids", "completion_ids", "behaviour_logps"):
-        need(key, list, True)
+        need(key, list, optional=True)
     if row.get("behaviour_logps") is not None:
         if row.get("completion_ids") is None or len(row["behaviour_logps"]) != len(row["completion_ids"]):
             raise ValueError(f"{where}: behaviour_logps needs completion_ids of the same length")
