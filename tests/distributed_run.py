@@ -16,6 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
@@ -68,7 +69,8 @@ def main(kind: str, devices: int, batch_size: int, out: str) -> None:
     strategy = {"single": "auto", "ddp": "ddp",
                 "fsdp2": ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1)}[kind]
     losses = Losses()
-    trainer = Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=3, logger=False,
+    trainer = Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=3,
+                      logger=CSVLogger(os.path.dirname(os.path.abspath(out)), name="", version=""),  # export dir
                       enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                       limit_val_batches=0, callbacks=[losses], default_root_dir=os.path.dirname(os.path.abspath(out)))
     trainer.fit(module, datamodule=CountdownData(batch_size=batch_size, train_size=64, val_size=4))

@@ -117,8 +117,7 @@ class ERPD(ERPDStages, RLModule):
         return torch.randperm(len(self.rollout), generator=g).split(size)[j]
 
     # -------------------------------------------------------------------------------------- training
-    @property
-    def needs_old_logps(self) -> bool:
+    def needs_old_logps(self, rollout: RolloutBatch) -> bool:
         return self.stage[0] != "online"
 
     def advantages(self, rollout: RolloutBatch) -> Tensor:
