@@ -21,15 +21,15 @@ SAMPLING = Sampling(temperature=1.0, max_new_tokens=32)
 MODEL = "builtin:countdown-sft"
 
 
-class Plus(RewardFunction):
-    """1 if the completion has a ``+``: samples of one prompt differ in it, so a step has a gradient."""
-
-    # vLLM's CPU backend sizes its KV cache as this share of node memory minus what is already in use: 0.1 fails
+# vLLM's CPU backend sizes its KV cache as this share of node memory minus what is already in use: 0.1 fails
 # once a test worker holds a few models.
 UTIL = 0.25
 
 
-def __call__(self, completion, meta):
+class Plus(RewardFunction):
+    """1 if the completion has a ``+``: samples of one prompt differ in it, so a step has a gradient."""
+
+    def __call__(self, completion, meta):
         return Score(float("+" in completion))
 
 

@@ -75,8 +75,7 @@ class PPO(RLModule):
         self.value_head = ValueHead(self.policy)
         self._captured: list = []
 
-    @property
-    def needs_old_logps(self) -> bool:
+    def needs_old_logps(self, rollout: RolloutBatch) -> bool:
         return True                                                     # the value loss clips around stored values
 
     def configure_optimizers(self) -> Any:
