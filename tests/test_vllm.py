@@ -181,7 +181,8 @@ def test_an_exported_lora_policy_loads_in_vllm(tmp_path):
     export_pretrained(policy.model, policy.tokenizer, tmp_path / "hf_model")
     engine = VLLMEngine(gpu_memory_utilization=UTIL, max_model_len=128)
     engine.model, engine.tokenizer = policy.model, policy.tokenizer     # for packing only: no bind, no sync
-    engine.llm = LLM(model=str(tmp_path / "hf_model"), dtype="float32", enforce_eager=True, gpu_memory_utilization=UTIL,
-                     max_model_len=128)
+    # a second engine in a process whose first (the module's) already holds its KV cache: a larger share
+    engine.llm = LLM(model=str(tmp_path / "hf_model"), dtype="float32", enforce_eager=True,
+                     gpu_memory_utilization=2 * UTIL, max_model_len=128)
     assert engine.syncs == 0
     assert torch.equal(greedy(engine, policy), hf_greedy(policy))
