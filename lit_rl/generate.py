@@ -24,8 +24,8 @@ from lit_rl.rollout import HFEngine, RolloutEngine, Sampling
 from lit_rl.tasks.countdown import CountdownReward
 
 
-def _complete_rows(path: Path, settings: dict, batch_rows: list[int]) -> int:
-    """Rows of the complete batches already in ``path`` (the rest, a crash's partial batch, is cut off)."""
+def _complete_batches(path: Path, settings: dict, batch_rows: list[int]) -> int:
+    """How many batches ``path`` already holds in full; the rest (a crash's partial batch) is cut off."""
     if not path.exists():
         return 0
     lines = path.read_bytes().split(b"\n")
@@ -38,14 +38,12 @@ def _complete_rows(path: Path, settings: dict, batch_rows: list[int]) -> int:
     if rows and {k: rows[0].get(k) for k in settings} != settings:
         raise ValueError(f"{path} was generated with other settings "
                          f"({ {k: rows[0].get(k) for k in settings} }); choose another output or delete it")
-    complete = 0
-    for size in batch_rows:
-        if complete + size > len(rows):
-            break
-        complete += size
-    kept_bytes = sum(len(line) + 1 for line in lines[:complete])
+    complete, kept_rows = 0, 0
+    while complete < len(batch_rows) and kept_rows + batch_rows[complete] <= len(rows):
+        kept_rows += batch_rows[complete]
+        complete += 1
     with path.open("r+b") as f:
-        f.truncate(kept_bytes)
+        f.truncate(sum(len(line) + 1 for line in lines[:kept_rows]))
     return complete
 
 
@@ -94,8 +92,7 @@ def generate(
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     starts = list(range(0, len(prompts), batch_size))
     batch_rows = [len(prompts[s:s + batch_size]) * group_size for s in starts]
-    done = _complete_rows(jsonl, settings, batch_rows)
-    first = next((b for b in range(len(starts)) if sum(batch_rows[:b]) == done), len(starts))
+    first = _complete_batches(jsonl, settings, batch_rows)
     start_time = time.perf_counter()
     with jsonl.open("a") as f:
         for b in range(first, len(starts)):
