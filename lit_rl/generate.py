@@ -16,12 +16,10 @@ from pathlib import Path
 import torch
 from lightning.pytorch import LightningDataModule
 
-from lit_rl.data import CountdownData
-from lit_rl.modules.base import DEFAULT_MODEL
+from lit_rl.chat import ChatTemplate, render_prompt
 from lit_rl.policy import Policy
-from lit_rl.rewards import RewardFunction, score_all
+from lit_rl.rewards import RewardFunction, score_batch
 from lit_rl.rollout import HFEngine, RolloutEngine, Sampling
-from lit_rl.tasks.countdown import CountdownReward
 
 
 def _complete_batches(path: Path, settings: dict, batch_rows: list[int]) -> int:
@@ -48,10 +46,10 @@ def _complete_batches(path: Path, settings: dict, batch_rows: list[int]) -> int:
 
 
 def generate(
+    model: str,
+    data: LightningDataModule,
+    reward: RewardFunction,
     output: str = "runs/offline/rollouts",
-    model: str = DEFAULT_MODEL,
-    data: LightningDataModule | None = None,
-    reward: RewardFunction | None = None,
     engine: RolloutEngine | None = None,
     sampling: Sampling = Sampling(temperature=1.0, max_new_tokens=32),
     group_size: int = 4,
@@ -59,14 +57,17 @@ def generate(
     batch_size: int = 32,
     seed: int = 0,
     dtype: str = "float32",
+    chat_template: ChatTemplate = "auto",
+    system_prompt: str | None = None,
+    chat_template_kwargs: dict | None = None,
 ) -> Path:
     """Generate an offline dataset of scored rollouts.
 
     Args:
-        output: path without extension; ``.jsonl`` and ``.parquet`` are written.
         model: the behaviour policy (local directory, hub id or ``builtin:NAME``).
-        data: a DataModule with ``train_rows`` (dicts with ``prompt`` and ``meta``); default ``CountdownData()``.
-        reward: scores each completion; default the Countdown verifier's ``original`` scheme.
+        data: a DataModule with ``train_rows`` (dicts with ``prompt`` and ``meta``), e.g. ``lit_rl.PromptData``.
+        reward: scores the completions.
+        output: path without extension; ``.jsonl`` and ``.parquet`` are written.
         engine: the rollout engine; default ``HFEngine``.
         sampling: decoding settings; behaviour log-probs are taken at its temperature (untruncated).
         group_size: completions per prompt.
@@ -74,20 +75,27 @@ def generate(
         batch_size: prompts per generation batch (the unit of resumption).
         seed: sampling seed.
         dtype: the dtype the model is loaded in.
+        chat_template, system_prompt, chat_template_kwargs: how prompts are rendered (as in ``PolicyModule``).
     """
     if group_size < 1 or batch_size < 1:
         raise ValueError(f"group_size and batch_size must be >= 1 (got {group_size}, {batch_size})")
-    data = data if data is not None else CountdownData()
     data.setup("fit")
     if not hasattr(data, "train_rows"):
         raise TypeError(f"{type(data).__name__} has no train_rows: generate needs prompts with their metadata")
-    prompts = data.train_rows[:num_prompts]
-    reward = reward if reward is not None else CountdownReward()
     policy = Policy.load(model, dtype).eval()
+    chat = {"chat_template": chat_template, "system_prompt": system_prompt, "chat_template_kwargs": chat_template_kwargs}
+
+    def render(prompt) -> str:
+        return render_prompt(policy.tokenizer, prompt, **chat)
+
+    if getattr(data, "filter_long", False):
+        budget = policy.prompt_budget(sampling.max_new_tokens)
+        data.drop_long(lambda p: budget is None or len(policy.tokenize(render(p))) <= budget)
+    prompts = data.train_rows[:num_prompts]
     engine = engine if engine is not None else HFEngine()
     engine.bind(policy.model, policy.tokenizer)
 
-    settings = {"model": model, "seed": seed, "sampling": asdict(sampling)}
+    settings = json.loads(json.dumps({"model": model, "seed": seed, "sampling": asdict(sampling)}))  # as stored
     jsonl, parquet = Path(f"{output}.jsonl"), Path(f"{output}.parquet")
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     starts = list(range(0, len(prompts), batch_size))
@@ -98,7 +106,7 @@ def generate(
         for b in range(first, len(starts)):
             torch.manual_seed(seed * 1_000_003 + b)
             rows = prompts[starts[b]:starts[b] + batch_size]
-            f.write("".join(json.dumps(r) + "\n" for r in _batch_rows(policy, engine, reward, sampling,
+            f.write("".join(json.dumps(r) + "\n" for r in _batch_rows(policy, render, engine, reward, sampling,
                                                                       group_size, rows, starts[b], settings)))
             f.flush()
             print(f"generate: prompts {starts[b] + len(rows)}/{len(prompts)}", flush=True)
@@ -108,25 +116,26 @@ def generate(
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     pq.write_table(pa.Table.from_pylist(rows), parquet)
     rewards = torch.tensor([r["reward"] for r in rows])
-    accuracy = sum(r["correct"] for r in rows) / max(1, len(rows))
+    judged = [r["correct"] for r in rows if r["correct"] is not None]
+    accuracy = f", accuracy {sum(judged) / len(judged):.3f}" if judged else ""
     print(f"generate: {len(rows)} rows ({len(prompts)} prompts x {group_size}) in {jsonl} and {parquet}: "
-          f"mean reward {rewards.mean():.3f}, accuracy {accuracy:.3f}, {time.perf_counter() - start_time:.0f} s")
+          f"mean reward {rewards.mean():.3f}{accuracy}, {time.perf_counter() - start_time:.0f} s")
     return jsonl
 
 
 @torch.no_grad()
-def _batch_rows(policy: Policy, engine: RolloutEngine, reward: RewardFunction, sampling: Sampling,
+def _batch_rows(policy: Policy, render, engine: RolloutEngine, reward: RewardFunction, sampling: Sampling,
                 group_size: int, rows: list[dict], first_index: int, settings: dict) -> list[dict]:
-    prompt_ids, prompt_mask = policy.encode_prompts([r["prompt"] for r in rows], sampling.max_new_tokens)
+    prompt_ids, prompt_mask = policy.encode_prompts([render(r["prompt"]) for r in rows], sampling.max_new_tokens)
     generation = engine.generate(prompt_ids, prompt_mask, sampling, group_size)
     ids, mask = generation.completion_ids, generation.completion_mask
     logps = generation.logps
     if logps is None:
         logps = policy.logps(prompt_ids.repeat_interleave(group_size, 0), prompt_mask.repeat_interleave(group_size, 0),
                              ids, mask, sampling.logit_temperature)[0]
-    texts = policy.decode(ids, mask)
+    texts = policy.decode(ids, mask, sampling.stop)
     metas = [r["meta"] for r in rows for _ in range(group_size)]
-    scores = score_all(reward, texts, metas)
+    scores = score_batch(reward, [r["prompt"] for r in rows for _ in range(group_size)], texts, metas)
     out = []
     for k, (text, score) in enumerate(zip(texts, scores)):
         p, length = k // group_size, int(mask[k].sum())

@@ -1,11 +1,14 @@
 """Stored rollouts: reading, checking and grouping a dataset of scored completions, and ``OfflineData``.
 
-A dataset is JSONL, Parquet, a directory saved by ``datasets`` (``save_to_disk``) or a hub dataset id. It holds
-one of two row shapes:
+A dataset is anything :func:`lit_rl.rows.read_rows` reads (JSONL, JSON, CSV, Parquet, a ``save_to_disk``
+directory, a hub dataset id, ``builtin:NAME``). It holds one of two row shapes:
 
 - **scored completions** (what ``lit-rl generate`` writes): ``prompt``, ``completion``, ``reward``, and
   optionally ``meta``, ``correct``, ``prompt_index``, ``prompt_ids``, ``completion_ids``, ``behaviour_logps``;
 - **preference pairs**: ``prompt``, ``chosen``, ``rejected`` (a group of two with rewards 1 and 0).
+
+Rows may be conversational: ``prompt`` a list of chat messages (rendered with the policy's chat template) and
+the completions lists of assistant messages (their contents are the completion text).
 
 Rows are grouped by prompt (by ``prompt_index`` when present, else by the prompt text) into *groups*: one
 training item per prompt with all its completions, which pairwise and listwise objectives need.
@@ -20,39 +23,13 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningDataModule
 
-from lit_rl.data import CountdownData, ResumableBatches
+from lit_rl.data import ResumableBatches
 from lit_rl.policy import resolve
-from lit_rl.rewards import RewardFunction, score_all
+from lit_rl.rewards import RewardFunction, score_batch
+from lit_rl.rows import check_prompt, completion_text, read_rows
 
 Group = dict[str, Any]
 CACHE = Path.home() / ".cache" / "lit_rl" / "behaviour"
-
-
-def read_rows(path: str) -> list[tuple[str, dict[str, Any]]]:
-    """``(where, row)`` pairs; ``where`` names the file and line (or row) for error messages."""
-    source = Path(resolve(path))
-    if source.suffix in (".jsonl", ".json"):
-        rows = []
-        with source.open() as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{source}:{number}: not valid JSON ({err.msg})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{source}:{number}: a row must be a JSON object, got {type(row).__name__}")
-                rows.append((f"{source}:{number}", row))
-        return rows
-    if source.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return [(f"{source} row {i}", row) for i, row in enumerate(pq.read_table(source).to_pylist())]
-    import datasets
-
-    dataset = datasets.load_from_disk(str(source)) if source.is_dir() else datasets.load_dataset(path, split="train")
-    return [(f"{path} row {i}", row) for i, row in enumerate(dataset)]
 
 
 def _check(where: str, row: dict[str, Any]) -> None:
@@ -64,12 +41,13 @@ def _check(where: str, row: dict[str, Any]) -> None:
             raise ValueError(f"{where}: field {key!r} must be {getattr(kind, '__name__', kind)}, "
                              f"got {type(row[key]).__name__}")
 
-    need("prompt", str)
+    need("prompt", (str, list))
+    check_prompt(where, "prompt", row["prompt"])
     if "chosen" in row:
-        need("chosen", str)
-        need("rejected", str)
+        need("chosen", (str, list))
+        need("rejected", (str, list))
         return
-    need("completion", str)
+    need("completion", (str, list))
     need("reward", (int, float))
     need("meta", dict, optional=True)
     need("correct", bool, optional=True)
@@ -90,11 +68,12 @@ def group_rows(rows: list[tuple[str, dict[str, Any]]]) -> list[Group]:
     for where, row in rows:
         _check(where, row)
         if "chosen" in row:
-            completions = [(row["chosen"], 1.0), (row["rejected"], 0.0)]
+            completions = [(completion_text(where, "chosen", row["chosen"]), 1.0),
+                           (completion_text(where, "rejected", row["rejected"]), 0.0)]
             key = (where,)                                               # every pair is its own group
         else:
-            completions = [(row["completion"], float(row["reward"]))]
-            key = row.get("prompt_index", row["prompt"])
+            completions = [(completion_text(where, "completion", row["completion"]), float(row["reward"]))]
+            key = row.get("prompt_index", json.dumps(row["prompt"]))
         group = groups.setdefault(key, {"prompt": row["prompt"], "meta": row.get("meta") or {},
                                         "prompt_ids": row.get("prompt_ids"), "completions": [], "rewards": [],
                                         "correct": [], "completion_ids": [], "behaviour_logps": [], "where": where})
@@ -103,7 +82,7 @@ def group_rows(rows: list[tuple[str, dict[str, Any]]]) -> list[Group]:
         for text, reward in completions:
             group["completions"].append(text)
             group["rewards"].append(reward)
-            group["correct"].append(bool(row.get("correct", False)))
+            group["correct"].append(None if "chosen" in row else row.get("correct"))
             group["completion_ids"].append(row.get("completion_ids"))
             group["behaviour_logps"].append(row.get("behaviour_logps"))
     result = list(groups.values())
@@ -122,9 +101,9 @@ def group_rows(rows: list[tuple[str, dict[str, Any]]]) -> list[Group]:
 
 
 class OfflineData(LightningDataModule):
-    """Training batches from a stored dataset of scored completions (or preference pairs); validation from
-    another DataModule (by default Countdown's held-out split). One batch is ``batch_size`` *prompts* with
-    all of their completions, prompt-major, for every offline objective alike."""
+    """Training batches from a stored dataset of scored completions (or preference pairs); validation, if any,
+    from another DataModule. One batch is ``batch_size`` *prompts* with all of their completions, prompt-major,
+    for every offline objective alike."""
 
     def __init__(
         self,
@@ -145,7 +124,8 @@ class OfflineData(LightningDataModule):
             behaviour_model: the model that generated the data; when rows lack ``behaviour_logps`` they are
                 computed with it once and cached under ``~/.cache/lit_rl/behaviour``.
             behaviour_temperature: the sampling temperature the behaviour log-probs are computed at.
-            validation: DataModule whose ``val_dataloader`` is used (default: ``CountdownData()``).
+            validation: DataModule whose ``val_dataloader`` is used (e.g. ``lit_rl.PromptData`` with held-out
+                prompts); none by default (no validation).
             seed: the order of training batches.
         """
         super().__init__()
@@ -153,16 +133,19 @@ class OfflineData(LightningDataModule):
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
         self.path, self.batch_size, self.reward, self.seed = path, batch_size, reward, seed
         self.behaviour_model, self.behaviour_temperature = behaviour_model, behaviour_temperature
-        self.validation = validation if validation is not None else CountdownData()
+        self.validation = validation
 
     def setup(self, stage: str | None = None) -> None:
-        self.validation.setup(stage)
+        if self.validation is not None:
+            self.validation.trainer = self.trainer
+            self.validation.setup(stage)
         if hasattr(self, "groups"):
             return
         self.groups = group_rows(read_rows(self.path))
         if self.reward is not None:
             for g in self.groups:
-                scores = score_all(self.reward, g["completions"], [g["meta"]] * len(g["completions"]))
+                n = len(g["completions"])
+                scores = score_batch(self.reward, [g["prompt"]] * n, g["completions"], [g["meta"]] * n)
                 g["rewards"], g["correct"] = [s.reward for s in scores], [s.correct for s in scores]
         if self.behaviour_model is not None and any(g["behaviour_logps"] is None for g in self.groups):
             add_behaviour_logps(self.groups, self.behaviour_model, self.behaviour_temperature, self.path)
@@ -175,7 +158,7 @@ class OfflineData(LightningDataModule):
         return ResumableBatches(self.groups, self.batch_size, self.seed)
 
     def val_dataloader(self) -> Any:
-        return self.validation.val_dataloader()
+        return [] if self.validation is None else self.validation.val_dataloader()
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 
 import copy
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_rl.logprobs import token_entropy, token_logps
+from lit_rl.stopping import cut_after_stop
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN = "builtin:"
@@ -122,20 +124,30 @@ class Policy(nn.Module):
         return logps, token_entropy(logits, temperature) if entropy else None
 
     # ----------------------------------------------------------------------------------------- tokenising
-    def encode_prompts(self, texts: list[str], max_new_tokens: int) -> tuple[Tensor, Tensor]:
-        """Left-padded prompt ids and mask. Prompts that would not leave room for ``max_new_tokens`` inside
-        the model's context are cut from the left with a warning (never silently misaligned)."""
+    def prompt_budget(self, max_new_tokens: int) -> int | None:
+        """How many prompt tokens fit beside ``max_new_tokens`` in the model's context (``None``: no limit known)."""
         context = getattr(self.model.config, "max_position_embeddings", None)
-        budget = None if context is None else context - max_new_tokens
-        if budget is not None and budget < 1:
+        if context is None:
+            return None
+        if context - max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
                              f"context of {context} tokens")
-        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        return context - max_new_tokens
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of rendered text; special tokens come from the chat template, never added here."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_prompts(self, texts: list[str], max_new_tokens: int) -> tuple[Tensor, Tensor]:
+        """Left-padded prompt ids and mask of rendered prompts. Prompts that would not leave room for
+        ``max_new_tokens`` inside the model's context are cut from the left with a warning (never silently
+        misaligned; ``PromptData(filter_long=true)`` drops them instead)."""
+        budget = self.prompt_budget(max_new_tokens)
+        encoded = [self.tokenize(t) for t in texts]
         if budget is not None and any(len(e) > budget for e in encoded):
-            longest = max(map(len, encoded))
-            warnings.warn(f"prompts of up to {longest} tokens exceed the {budget} that fit beside "
-                          f"max_new_tokens={max_new_tokens} in a context of {context}; keeping their last "
-                          f"{budget} tokens", stacklevel=2)
+            warnings.warn(f"prompts of up to {max(map(len, encoded))} tokens exceed the {budget} that fit beside "
+                          f"max_new_tokens={max_new_tokens} in the model's context; keeping their last {budget} "
+                          f"tokens (PromptData's filter_long drops such prompts instead)", stacklevel=2)
             encoded = [e[-budget:] for e in encoded]
         return self.pad(encoded, left=True)
 
@@ -145,9 +157,11 @@ class Policy(nn.Module):
         return self.pad([self.tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts],
                          left=False)
 
-    def decode(self, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
-        return self.tokenizer.batch_decode([ids[m.bool()] for ids, m in zip(completion_ids, completion_mask)],
-                                           skip_special_tokens=True)
+    def decode(self, completion_ids: Tensor, completion_mask: Tensor, stop: Sequence[str] = ()) -> list[str]:
+        """Completion texts; with stop strings, each ends right after the first one (a token may run past it)."""
+        texts = self.tokenizer.batch_decode([ids[m.bool()] for ids, m in zip(completion_ids, completion_mask)],
+                                            skip_special_tokens=True)
+        return [cut_after_stop(t, stop) for t in texts] if stop else texts
 
     def pad(self, rows: list[list[int]], left: bool) -> tuple[Tensor, Tensor]:
         width = max(1, max(map(len, rows)))

@@ -1,13 +1,14 @@
 """Rollouts: sampling settings, the engine protocol (HF ``generate`` here; vLLM plugs in the same way),
 and :class:`RolloutBatch`, the scored samples one training step learns from."""
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lit_rl.logprobs import token_logps
+from lit_rl.stopping import completion_mask, decoder, eos_token_ids, stop_mask
 
 
 @dataclass(frozen=True)
@@ -18,8 +19,14 @@ class Sampling:
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 64
+    stop: tuple[str, ...] | list[str] = ()
+    """Stop strings (e.g. ``["</answer>"]``): a completion ends with the token that completes the first of them,
+    which it keeps (``lit_rl.stopping``). Stored as a tuple."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop must be a list of non-empty strings (got {self.stop!r})")
+        object.__setattr__(self, "stop", tuple(self.stop))              # frozen and hashable
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
@@ -38,14 +45,8 @@ class Sampling:
 @dataclass
 class Generation:
     completion_ids: Tensor                                              # [B*n, C], right-padded
-    completion_mask: Tensor                                             # [B*n, C], 1 up to and including EOS
+    completion_mask: Tensor                                             # [B*n, C], 1 up to and including EOS or stop
     logps: Tensor | None = None                                         # [B*n, C], behaviour log-probs
-
-
-def completion_mask(completion_ids: Tensor, eos_token_ids: list[int]) -> Tensor:
-    """1 on tokens up to and including the first EOS, 0 after it."""
-    is_eos = torch.isin(completion_ids, torch.tensor(eos_token_ids, device=completion_ids.device)).long()
-    return ((is_eos.cumsum(-1) - is_eos) == 0).long()                   # [B, C]
 
 
 class RolloutEngine:
@@ -67,34 +68,39 @@ class HFEngine(RolloutEngine):
     """Samples with ``transformers`` ``generate`` on the training model itself, so weights are always in sync.
 
     ``return_logps`` also returns the sampled tokens' log-probs. It is off by default: it keeps every
-    step's logits (``[B*n, C, V]``), and the trainer recomputes old log-probs anyway."""
+    step's logits (``[B*n, C, V]``), and the trainer recomputes old log-probs anyway.
+
+    Rows stop at any EOS id of the tokenizer or the model's generation config and, through ``generate``'s
+    ``stop_strings``, at ``sampling.stop``; :func:`lit_rl.stopping.stop_mask` then cuts them as vLLM's are cut."""
 
     def __init__(self, return_logps: bool = False) -> None:
         self.return_logps = return_logps
 
     def bind(self, model: nn.Module, tokenizer: Any) -> None:
         self.model, self.tokenizer = model, tokenizer
+        self.eos_token_ids = eos_token_ids(model, tokenizer)
 
     @torch.no_grad()
     def generate(self, prompt_ids: Tensor, prompt_mask: Tensor, sampling: Sampling, n: int = 1) -> Generation:
         from transformers import GenerationConfig
 
-        eos = self.tokenizer.eos_token_id
         do_sample = sampling.temperature > 0
         config = GenerationConfig(
             max_new_tokens=sampling.max_new_tokens, do_sample=do_sample, num_beams=1,
             temperature=sampling.temperature if do_sample else None, top_p=sampling.top_p if do_sample else None,
-            top_k=sampling.top_k if do_sample else None, eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id,
+            top_k=sampling.top_k if do_sample else None, eos_token_id=self.eos_token_ids,
+            pad_token_id=self.tokenizer.pad_token_id, stop_strings=list(sampling.stop) or None,
             return_dict_in_generate=True, output_logits=do_sample and self.return_logps, use_cache=True)
         was_training = self.model.training
         self.model.eval()
         try:
             out = self.model.generate(input_ids=prompt_ids.repeat_interleave(n, 0),
-                                      attention_mask=prompt_mask.repeat_interleave(n, 0), generation_config=config)
+                                      attention_mask=prompt_mask.repeat_interleave(n, 0), generation_config=config,
+                                      tokenizer=self.tokenizer)
         finally:
             self.model.train(was_training)
         completion_ids = out.sequences[:, prompt_ids.shape[1]:]         # [B*n, C]
-        mask = completion_mask(completion_ids, [eos])
+        mask = stop_mask(completion_ids, self.eos_token_ids, sampling.stop, decoder(self.tokenizer))  # [B*n, C]
         logps = None
         if do_sample and self.return_logps:                             # raw logits: the untruncated policy
             logps = token_logps(torch.stack(out.logits, 1), completion_ids, sampling.temperature) * mask
@@ -110,7 +116,9 @@ class RolloutBatch:
     """Scored samples, prompt-major (``group_size`` consecutive rows share a prompt).
 
     ``rewards`` are what advantages are computed from (task reward, minus a KL term when the KL penalty
-    lives in the reward); ``scores`` are the task rewards as the reward function returned them.
+    lives in the reward); ``scores`` are the task rewards as the reward function returned them, ``components``
+    the parts of a combined reward by name (NaN where a part gave none), ``correct`` 1/0, or NaN where the
+    reward has no notion of correctness. ``prompts`` are the dataset's prompts (text or chat messages).
     """
 
     prompt_ids: Tensor                                                  # [B, P], left-padded
@@ -118,7 +126,7 @@ class RolloutBatch:
     completion_ids: Tensor                                              # [B, C], right-padded
     completion_mask: Tensor                                             # [B, C]
     scores: Tensor                                                      # [B]
-    correct: Tensor                                                     # [B] bool
+    correct: Tensor                                                     # [B] float: 1, 0, NaN (not judged)
     metas: list[dict[str, Any]]
     group_size: int
     rewards: Tensor | None = None                                       # [B]
@@ -130,6 +138,8 @@ class RolloutBatch:
     values: Tensor | None = None                                        # [B, C], a value head's (PPO)
     returns: Tensor | None = None                                       # [B, C], value targets (PPO)
     is_weights: Tensor | None = None                                    # [B, C], truncated importance weights
+    prompts: list[Any] = field(default_factory=list)                    # [B], text or chat messages
+    components: dict[str, Tensor] = field(default_factory=dict)         # name -> [B]
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
@@ -144,8 +154,10 @@ class RolloutBatch:
             if isinstance(v, Tensor):
                 v = v[index.to(v.device)]
                 v = v[:, :width] if f.name in TOKEN_FIELDS and v.dim() == 2 else v
-            elif f.name == "metas":
-                v = [v[i] for i in index.tolist()]
+            elif isinstance(v, list):                                   # metas, prompts
+                v = [v[i] for i in index.tolist()] if v else v
+            elif isinstance(v, dict):                                   # components
+                v = {k: t[index.to(t.device)] for k, t in v.items()}
             values[f.name] = v
         return RolloutBatch(**values)
 
@@ -166,8 +178,10 @@ class RolloutBatch:
             parts = [getattr(b, f.name) for b in batches]
             if f.name in ("group_size", "from_dataset"):
                 values[f.name] = parts[0]
-            elif f.name == "metas":
+            elif f.name in ("metas", "prompts"):
                 values[f.name] = [m for part in parts for m in part]
+            elif f.name == "components":
+                values[f.name] = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
             elif parts[0] is None:
                 values[f.name] = None
             elif f.name in TOKEN_FIELDS and parts[0].dim() == 2:
@@ -175,3 +189,9 @@ class RolloutBatch:
             else:
                 values[f.name] = torch.cat(parts)
         return RolloutBatch(**values)
+
+
+def accuracy(correct: Tensor) -> Tensor | None:
+    """The share of correct samples among those the reward judged (``None`` if it judged none)."""
+    judged = ~correct.float().isnan()
+    return correct.float()[judged].mean() if judged.any() else None

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from lit_rl.export import merged_state_dict
 from lit_rl.rollout import Generation, RolloutEngine, Sampling
+from lit_rl.stopping import decoder, eos_token_ids, stop_mask
 
 
 class VLLMEngine(RolloutEngine):
@@ -26,7 +27,12 @@ class VLLMEngine(RolloutEngine):
     distribution it sampled from (temperature applied; truncated when top-k/top-p truncate). The module
     compares them with its own (``rollout/logp_diff``) and can correct the gap (``importance_sampling_cap``).
 
-    Departures from a plain ``vllm.LLM``: token ids in and out (no detokenise/retokenise round trip);
+    Rows stop at every EOS id of the tokenizer and the model's generation config (``stop_token_ids``) and at
+    ``sampling.stop`` (vLLM's ``stop``, with the stop string kept); :func:`lit_rl.stopping.stop_mask` then cuts
+    them exactly as ``HFEngine``'s are cut.
+
+    Departures from a plain ``vllm.LLM``: token ids in and out (no detokenise/retokenise round trip; vLLM
+    detokenises only to find stop strings, when there are any);
     ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (the engine core runs in this process, so no ``__main__`` guard is
     needed and a reload is a function call); vLLM's CPU worker replaces ``torch.set_num_threads`` with a no-op
     while it starts, and the engine puts the real one back.
@@ -53,11 +59,13 @@ class VLLMEngine(RolloutEngine):
         self.enforce_eager, self.seed, self.return_logps = enforce_eager, seed, return_logps
         self.model_path, self.llm_kwargs = model, dict(llm_kwargs or {})
         self.llm = None
+        self.eos_token_ids: list[int] | None = None                     # set by bind
         self.syncs = 0                                                  # weight reloads so far (for tests and logs)
 
     def bind(self, model: nn.Module, tokenizer: Any) -> None:
         """Attach the policy; a running engine (reused by a new module of the same architecture) loads its weights."""
         self.model, self.tokenizer = model, tokenizer
+        self.eos_token_ids = eos_token_ids(model, tokenizer)
         self.sync_weights(model)
 
     def _start(self) -> None:
@@ -97,28 +105,32 @@ class VLLMEngine(RolloutEngine):
 
         if self.llm is None:
             self._start()
+        if self.eos_token_ids is None:                                  # given a model and tokenizer without bind
+            self.eos_token_ids = eos_token_ids(self.model, self.tokenizer)
         sample = sampling.temperature > 0
         params = SamplingParams(
             n=n, temperature=sampling.temperature, top_p=sampling.top_p if sample else 1.0,
             top_k=sampling.top_k if sample else 0, max_tokens=sampling.max_new_tokens,
-            logprobs=0 if sample and self.return_logps else None, skip_special_tokens=False, detokenize=False)
+            logprobs=0 if sample and self.return_logps else None, skip_special_tokens=False,
+            stop_token_ids=self.eos_token_ids, stop=list(sampling.stop) or None, include_stop_str_in_output=True,
+            detokenize=bool(sampling.stop))
         prompts = [TokensPrompt(prompt_token_ids=ids[mask.bool()].tolist()) for ids, mask in zip(prompt_ids, prompt_mask)]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         rows = [c for o in outputs for c in sorted(o.outputs, key=lambda c: c.index)]   # prompt-major
-        return self._pack(rows, sample and self.return_logps, prompt_ids.device)
+        return self._pack(rows, sample and self.return_logps, sampling.stop, prompt_ids.device)
 
-    def _pack(self, rows: list, with_logps: bool, device: torch.device) -> Generation:
-        """vLLM's per-sample outputs as right-padded ``[B*n, C]`` tensors; tokens after EOS are cut."""
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+    def _pack(self, rows: list, with_logps: bool, stop: tuple[str, ...], device: torch.device) -> Generation:
+        """vLLM's per-sample outputs as right-padded ``[B*n, C]`` tensors, cut by ``stop_mask``."""
+        pad = self.tokenizer.pad_token_id
         width = max(1, max(len(r.token_ids) for r in rows))
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
         logps = torch.zeros((len(rows), width)) if with_logps else None
         for i, r in enumerate(rows):
-            tokens = list(r.token_ids)
-            if eos in tokens:
-                tokens = tokens[:tokens.index(eos) + 1]
-            ids[i, :len(tokens)], mask[i, :len(tokens)] = torch.tensor(tokens, dtype=torch.long), 1
+            ids[i, :len(r.token_ids)] = torch.tensor(r.token_ids, dtype=torch.long)
             if logps is not None:
-                logps[i, :len(tokens)] = torch.tensor([step[t].logprob for step, t in zip(r.logprobs, tokens)])
-        return Generation(ids.to(device), mask.to(device), None if logps is None else logps.to(device))
+                logps[i, :len(r.token_ids)] = torch.tensor([step[t].logprob for step, t in zip(r.logprobs, r.token_ids)])
+        lengths = torch.tensor([len(r.token_ids) for r in rows])
+        mask = stop_mask(ids, self.eos_token_ids, stop, decoder(self.tokenizer))
+        mask *= torch.arange(width) < lengths[:, None]                  # [B*n, C]: never vLLM's padding
+        logps = None if logps is None else (logps * mask).to(device)
+        return Generation((ids * mask + pad * (1 - mask)).to(device), mask.to(device), logps)

@@ -10,11 +10,9 @@ import time
 
 import pytest
 
-from lit_rl.data import CountdownData
 from lit_rl.rewards import Score
 from lit_rl.tasks.countdown import (
-    MAX_ANSWER_CHARS,
-    MAX_DEPTH,
+    CountdownData,
     CountdownReward,
     Puzzle,
     is_held_out,
@@ -23,6 +21,7 @@ from lit_rl.tasks.countdown import (
     verify,
     wrong_answer,
 )
+from lit_rl.tasks.countdown.verify import MAX_ANSWER_CHARS, MAX_DEPTH
 
 PAPER_PROMPT = re.compile(r"Using the numbers \[(\d+(?:, \d+)*)\], create an equation that equals (\d+)\.\n?")
 

@@ -251,19 +251,19 @@ def test_ppo_trains_with_its_value_head_and_sapo_as_a_grpo_loss(tiny_model_dir):
     trainer = fit(sapo, 2)
     assert trainer.global_step == 2 and "train/clip_frac" not in trainer.callback_metrics   # SAPO never clips
     with pytest.raises(ValueError, match="loss"):
-        GRPO(model=tiny_model_dir, loss="cispo")
+        GRPO(model=tiny_model_dir, reward=CountdownReward(), loss="cispo")
     with pytest.raises(ValueError, match="lam"):
-        PPO(model=tiny_model_dir, lam=1.5)
+        PPO(model=tiny_model_dir, reward=CountdownReward(), lam=1.5)
 
 
 def test_value_head_reads_the_same_hidden_states_as_the_training_forward(tiny_model_dir):
     torch.manual_seed(0)
-    ppo = PPO(model=tiny_model_dir, group_size=2, sampling=SAMPLING)
+    ppo = PPO(model=tiny_model_dir, reward=CountdownReward(), group_size=2, sampling=SAMPLING)
     torch.nn.init.normal_(ppo.value_head.linear.weight)
     dm = data()
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
-    rollout = ppo.sample(*ppo.encode(batch["prompt"], SAMPLING), batch["meta"], SAMPLING, 2)
+    rollout = ppo.sample(*ppo.encode(batch["prompt"], SAMPLING), batch["prompt"], batch["meta"], SAMPLING, 2)
     fields = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
     direct = ppo.value_head.values(ppo.policy, *fields)
     with capture_output(ValueHead.decoder(ppo.policy)) as outputs:

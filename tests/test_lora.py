@@ -7,6 +7,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch.testing import assert_close
 
+from lit_rl.tasks.countdown import CountdownReward
 from lit_rl import GRPO, REINFORCE, RLOO, SFT, CountdownData, LoraSettings, ReMax, RewardFunction, Sampling, Score
 from lit_rl.export import merged_state_dict
 from lit_rl.policy import Policy
@@ -43,7 +44,7 @@ def test_every_algorithm_trains_a_lora_adapter_and_exports_it(tiny_model_dir, tm
     torch.manual_seed(0)
     rl = cls is not SFT
     extra = {"sampling": SAMPLING, "reward": DigitShare()} if rl else {}
-    module = cls(model=tiny_model_dir, lora=LORA, val_sampling=VAL,
+    module = cls(model=tiny_model_dir, reward=CountdownReward(), lora=LORA, val_sampling=VAL,
                  optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0), **extra, **kwargs)
     policy = module.policy
     assert policy.is_lora and policy._reference == []                    # no second copy of the model

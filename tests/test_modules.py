@@ -9,6 +9,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.testing import assert_close
 
+from lit_rl.tasks.countdown import CountdownReward
 from lit_rl import GRPO, REINFORCE, RLOO, SFT, CountdownData, GroupAdvantage, ReMax, RewardFunction, RolloutRefresh, Score
 from lit_rl.data import ResumableBatches
 from lit_rl.modules.base import RLModule
@@ -49,7 +50,7 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_model_dir, aggregation)
     """1x8 and 8x1: the module's micro-batch losses (clip, old log-probs, KL in the loss) accumulate to the
     full batch's gradient, whatever the aggregation."""
     torch.manual_seed(0)
-    module = GRPO(model=tiny_model_dir, group_size=4, sampling=SAMPLING, aggregation=aggregation,
+    module = GRPO(model=tiny_model_dir, reward=CountdownReward(), group_size=4, sampling=SAMPLING, aggregation=aggregation,
                   num_iterations=2, kl_coef=0.1)
     rollout = module.make_rollout(prompts(2))
     with torch.no_grad():                                               # move off the old policy: ratios != 1
@@ -68,7 +69,7 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_model_dir, aggregation)
 
 def test_old_logps_equal_current_logps_right_after_the_rollout(tiny_model_dir):
     torch.manual_seed(0)
-    module = GRPO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, num_iterations=2)
+    module = GRPO(model=tiny_model_dir, reward=CountdownReward(), group_size=2, sampling=SAMPLING, num_iterations=2)
     rollout = module.make_rollout(prompts(2))
     logps, _ = module.policy.logps(rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
                                    rollout.completion_mask, SAMPLING.temperature)
@@ -87,7 +88,7 @@ ALGORITHMS = [
 @pytest.mark.parametrize("cls, kwargs", ALGORITHMS, ids=lambda x: getattr(x, "__name__", ""))
 def test_every_algorithm_trains_and_logs(tiny_model_dir, cls, kwargs):
     torch.manual_seed(0)
-    module = cls(model=tiny_model_dir, sampling=SAMPLING, val_sampling=VAL, **kwargs)
+    module = cls(model=tiny_model_dir, reward=CountdownReward(), sampling=SAMPLING, val_sampling=VAL, **kwargs)
     before = [p.detach().clone() for p in module.policy.parameters()]
     steps = 4 * module.num_iterations * module.mini_batches            # optimizer steps for 4 rollouts
     trainer = fit(module, steps, val_check_interval=2)
@@ -105,7 +106,7 @@ def test_every_algorithm_trains_and_logs(tiny_model_dir, cls, kwargs):
 
 def test_sft_lowers_its_loss(tiny_model_dir):
     torch.manual_seed(0)
-    module = SFT(model=tiny_model_dir, val_sampling=VAL, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
+    module = SFT(model=tiny_model_dir, reward=CountdownReward(), val_sampling=VAL, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
     dm = data(demonstrations=True, batch_size=16)
     batch = next(iter(dm.train_dataloader()))
     first = module.loss(batch).item()
@@ -128,7 +129,7 @@ class CenteredReturn(RLModule):
 
 def test_a_new_objective_is_one_overridden_method(tiny_model_dir):
     torch.manual_seed(0)
-    module = CenteredReturn(model=tiny_model_dir, group_size=2, sampling=SAMPLING, val_sampling=VAL)
+    module = CenteredReturn(model=tiny_model_dir, reward=CountdownReward(), group_size=2, sampling=SAMPLING, val_sampling=VAL)
     fit(module, 2, limit_val_batches=0)
     assert len(module.seen) == 2
     for rewards, advantages in module.seen:
@@ -143,7 +144,7 @@ class ExplodesAtStep2(RLOO):
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_model_dir, tmp_path):
     torch.manual_seed(0)
-    module = ExplodesAtStep2(model=tiny_model_dir, group_size=2, sampling=SAMPLING, val_sampling=VAL)
+    module = ExplodesAtStep2(model=tiny_model_dir, reward=CountdownReward(), group_size=2, sampling=SAMPLING, val_sampling=VAL)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True, save_top_k=-1)
     with pytest.raises(FloatingPointError, match="loss is nan at global step 2"):
         fit(module, 5, tmp_path, callbacks=[checkpoint], limit_val_batches=0)
@@ -155,11 +156,11 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_model_d
 
 def test_resume_restores_module_and_callback_state(tiny_model_dir, tmp_path):
     torch.manual_seed(0)
-    module = REINFORCE(model=tiny_model_dir, sampling=SAMPLING, val_sampling=VAL)
+    module = REINFORCE(model=tiny_model_dir, reward=CountdownReward(), sampling=SAMPLING, val_sampling=VAL)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True)
     fit(module, 2, tmp_path, callbacks=[checkpoint, RolloutRefresh(every_n_steps=2)], limit_val_batches=0)
     ema = module.reward_ema.clone()
-    resumed = REINFORCE(model=tiny_model_dir, sampling=SAMPLING, val_sampling=VAL)
+    resumed = REINFORCE(model=tiny_model_dir, reward=CountdownReward(), sampling=SAMPLING, val_sampling=VAL)
     refresh = RolloutRefresh(every_n_steps=2)
     seen = {}
 
@@ -175,7 +176,7 @@ def test_resume_restores_module_and_callback_state(tiny_model_dir, tmp_path):
 
 
 def test_module_callbacks_do_not_override_the_users(tiny_model_dir):
-    module = RLOO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, val_sampling=VAL)
+    module = RLOO(model=tiny_model_dir, reward=CountdownReward(), group_size=2, sampling=SAMPLING, val_sampling=VAL)
     trainer = fit(module, 1, callbacks=[RolloutRefresh(every_n_steps=7)], limit_val_batches=0)
     refreshes = [c for c in trainer.callbacks if isinstance(c, RolloutRefresh)]
     assert [c.every_n_steps for c in refreshes] == [7]
@@ -183,7 +184,7 @@ def test_module_callbacks_do_not_override_the_users(tiny_model_dir):
 
 def test_group_advantage_callback_replaces_the_estimator(tiny_model_dir):
     torch.manual_seed(0)
-    module = REINFORCE(model=tiny_model_dir, group_size=4, sampling=SAMPLING, baseline="none")
+    module = REINFORCE(model=tiny_model_dir, reward=CountdownReward(), group_size=4, sampling=SAMPLING, baseline="none")
     rollout = module.make_rollout(prompts(2))
     rollout.rewards = torch.tensor([1.0, 0.0, 0.5, 0.0, 1.0, 1.0, 1.0, 0.0])
     GroupAdvantage("rloo", clip=0.5).on_rollout_end(None, module, rollout)
@@ -207,7 +208,7 @@ def test_dynamic_sampling_resamples_flat_groups(tiny_model_dir):
         torch.manual_seed(0)
         module = GRPO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, reward=CoinReward(),
                       dynamic_sampling=dynamic, max_resample_rounds=10)
-        rollout = module.collect(*module.encode(batch["prompt"], SAMPLING), batch["meta"])
+        rollout = module.collect(*module.encode(batch["prompt"], SAMPLING), batch["prompt"], batch["meta"])
         assert len(rollout) == 16 and [m["target"] for m in rollout.metas[::2]] == [m["target"] for m in batch["meta"]]
         flat[dynamic] = zero_std_groups(rollout.scores, 2).float().mean().item()
     assert flat[False] >= 0.5 and flat[True] <= 0.25
@@ -235,7 +236,7 @@ def test_a_failing_reward_names_the_sample(tiny_model_dir):
 ])
 def test_impossible_settings_name_the_setting(tiny_model_dir, cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        cls(model=tiny_model_dir, **kwargs)
+        cls(model=tiny_model_dir, reward=CountdownReward(), **kwargs)
 
 
 def test_resumable_batches_continue_where_they_stopped(monkeypatch):
@@ -296,4 +297,4 @@ def test_resuming_mid_run_reproduces_the_uninterrupted_run(tiny_model_dir, tmp_p
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert not torch.equal(straight.state_dict()["policy.model.lm_head.weight"],
-                           RLOO(model=tiny_model_dir).state_dict()["policy.model.lm_head.weight"])
+                           RLOO(model=tiny_model_dir, reward=CountdownReward()).state_dict()["policy.model.lm_head.weight"])

@@ -174,7 +174,7 @@ def test_online_listwise_objectives_sample_their_own_groups(tiny_model_dir, cls)
 def test_micro_batches_of_whole_groups_give_the_full_gradient(dataset, tiny_model_dir, cls):
     """A micro-batch size of 5 rows is rounded down to whole groups; the accumulated gradient is the full one."""
     torch.manual_seed(0)
-    module = cls(model=tiny_model_dir, sampling=SAMPLING, micro_batch_size=5)
+    module = cls(model=tiny_model_dir, reward=CountdownReward(), sampling=SAMPLING, micro_batch_size=5)
     data = OfflineData(str(dataset), batch_size=3, validation=countdown())
     data.setup("fit")
     rollout = module.make_rollout(next(iter(data.train_dataloader())))
@@ -231,7 +231,7 @@ def test_topr_needs_behaviour_logps_from_a_dataset(dataset, tiny_model_dir, tmp_
     stripped = tmp_path / "stripped.jsonl"
     stripped.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "behaviour_logps"}) + "\n"
                                 for r in rows))
-    module = TOPR(model=tiny_model_dir, sampling=SAMPLING, val_sampling=VAL)
+    module = TOPR(model=tiny_model_dir, reward=CountdownReward(), sampling=SAMPLING, val_sampling=VAL)
     with pytest.raises(ValueError, match="behaviour_model"):
         fit(module, OfflineData(str(stripped), batch_size=2, validation=countdown()), 1)
 
@@ -239,7 +239,7 @@ def test_topr_needs_behaviour_logps_from_a_dataset(dataset, tiny_model_dir, tmp_
 def test_topr_threshold_separates_learning_from_tapering(dataset, tiny_model_dir):
     """On stored data with the behaviour policy equal to the current one (the generator is the start model),
     every ratio is 1 and TOPR's loss is REINFORCE's -R L(y), averaged over sequences."""
-    module = TOPR(model=tiny_model_dir, sampling=SAMPLING, threshold=1.0)
+    module = TOPR(model=tiny_model_dir, reward=CountdownReward(), sampling=SAMPLING, threshold=1.0)
     data = OfflineData(str(dataset), batch_size=2, validation=countdown())
     data.setup("fit")
     rollout = module.make_rollout(next(iter(data.train_dataloader())))
@@ -258,7 +258,7 @@ def test_resuming_offline_training_reproduces_the_uninterrupted_run(dataset, tin
 
     def run(steps, ckpt_path=None, every=None):
         torch.manual_seed(0)
-        module = TOPR(model=tiny_model_dir, sampling=SAMPLING, val_sampling=VAL, threshold=0.3,
+        module = TOPR(model=tiny_model_dir, reward=CountdownReward(), sampling=SAMPLING, val_sampling=VAL, threshold=0.3,
                       optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0))
         callbacks = [ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=every, save_last=True)] if every else []
         trainer = Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,

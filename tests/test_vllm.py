@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch import Trainer
 from torch.testing import assert_close
 
+from lit_rl.tasks.countdown import CountdownReward
 from lit_rl import GRPO, RLOO, CountdownData, HFEngine, LoraSettings, ReMax, RewardFunction, RolloutRefresh, Sampling, Score, VLLMEngine
 from lit_rl.policy import Policy
 
@@ -158,8 +159,8 @@ def test_bad_engine_settings_are_named(tiny_model_dir):
     with pytest.raises(ValueError, match="gpu_memory_utilization"):
         VLLMEngine(gpu_memory_utilization=0)
     with pytest.raises(ValueError, match="importance_sampling_cap"):
-        RLOO(model=tiny_model_dir, importance_sampling_cap=0.0)
-    module = RLOO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, importance_sampling_cap=2.0)  # HFEngine
+        RLOO(model=tiny_model_dir, reward=CountdownReward(), importance_sampling_cap=0.0)
+    module = RLOO(model=tiny_model_dir, reward=CountdownReward(), group_size=2, sampling=SAMPLING, importance_sampling_cap=2.0)  # HFEngine
     batch = next(iter(data(batch_size=2).train_dataloader()))
     with pytest.raises(ValueError, match="needs an engine that returns log-probs"):
         module.make_rollout(batch)

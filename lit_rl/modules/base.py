@@ -20,12 +20,11 @@ from torchmetrics import MeanMetric
 from lit_rl.export import export_pretrained, merged_state_dict
 from lit_rl.objectives import Aggregation, KLEstimator, aggregate, kl_penalty, policy_gradient_loss, zero_std_groups
 from lit_rl.objectives import logp_diff, truncated_importance_weights
+from lit_rl.chat import ChatTemplate, render_prompt
 from lit_rl.policy import LoraSettings, Policy
-from lit_rl.rewards import RewardFunction, score_all
-from lit_rl.rollout import HFEngine, RolloutBatch, RolloutEngine, Sampling
-from lit_rl.tasks.countdown import CountdownReward
+from lit_rl.rewards import Prompt, RewardFunction, score_batch
+from lit_rl.rollout import HFEngine, RolloutBatch, RolloutEngine, Sampling, accuracy
 
-DEFAULT_MODEL = "builtin:countdown-sft"
 # Settings dataclasses are saved with the hyperparameters; let checkpoints load with torch's safe unpickler.
 torch.serialization.add_safe_globals([Sampling, LoraSettings])
 
@@ -42,7 +41,7 @@ class PolicyModule(LightningModule):
 
     def __init__(
         self,
-        model: str = DEFAULT_MODEL,
+        model: str,
         reward: RewardFunction | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -51,11 +50,14 @@ class PolicyModule(LightningModule):
         gradient_checkpointing: bool = False,
         engine: RolloutEngine | None = None,
         val_sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=32),
+        chat_template: ChatTemplate = "auto",
+        system_prompt: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> None:
         """
         Args:
             model: a local directory, a hub id, or ``builtin:NAME`` for a model shipped with lit-rl.
-            reward: scores a completion; defaults to the Countdown verifier's ``original`` scheme.
+            reward: scores completions (``lit_rl.rewards``); needed by every module that samples.
             optimizer: the optimizer, e.g. ``torch.optim.AdamW`` with ``init_args.lr``.
             lr_scheduler: optional scheduler, stepped once per optimizer step.
             dtype: the dtype the weights are loaded in.
@@ -63,15 +65,22 @@ class PolicyModule(LightningModule):
             gradient_checkpointing: trade compute for activation memory.
             engine: the rollout engine; defaults to ``HFEngine`` (``transformers`` ``generate``).
             val_sampling: decoding used for validation on the held-out split (greedy by default).
+            chat_template: ``auto`` renders prompts with the tokenizer's chat template when the prompt is a list
+                of messages or the tokenizer has a template; ``true`` always (an error without one); ``false``
+                never (plain-text prompts as they are).
+            system_prompt: a system message put before each prompt's messages (kept out when a prompt has its own).
+            chat_template_kwargs: extra template variables, e.g. ``{enable_thinking: false}``.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["reward", "optimizer", "lr_scheduler", "engine"])
         self.policy = Policy.load(model, dtype, lora, gradient_checkpointing)
-        self.reward_fn = reward if reward is not None else CountdownReward()
+        self.reward_fn = reward
         self.optimizer_fn, self.lr_scheduler_fn = optimizer, lr_scheduler
         self.engine = engine if engine is not None else HFEngine()
         self.engine.bind(self.policy.model, self.policy.tokenizer)
         self.val_sampling = val_sampling
+        self.chat = {"chat_template": chat_template, "system_prompt": system_prompt,
+                     "chat_template_kwargs": chat_template_kwargs}
         self.val_accuracy, self.val_reward = MeanMetric(), MeanMetric()
 
     def configure_optimizers(self) -> Any:
@@ -81,20 +90,29 @@ class PolicyModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler_fn(optimizer), "interval": "step"}}
 
     @torch.no_grad()
-    def sample(self, prompt_ids: Tensor, prompt_mask: Tensor, metas: list[dict], sampling: Sampling,
-               n: int = 1) -> RolloutBatch:
-        """Generate ``n`` completions per prompt and score them: a rollout batch without log-probs yet."""
+    def sample(self, prompt_ids: Tensor, prompt_mask: Tensor, prompts: list[Prompt], metas: list[dict],
+               sampling: Sampling, n: int = 1) -> RolloutBatch:
+        """Generate ``n`` completions per prompt and score them: a rollout batch without log-probs yet.
+        ``prompts`` are the dataset's prompts (text or messages) and ``metas`` their rows' other columns."""
         generation = self.engine.generate(prompt_ids, prompt_mask, sampling, n)
-        texts = self.policy.decode(generation.completion_ids, generation.completion_mask)
-        metas = [m for m in metas for _ in range(n)]
-        scores = score_all(self.reward_fn, texts, metas)
-        device = prompt_ids.device
+        texts = self.policy.decode(generation.completion_ids, generation.completion_mask, sampling.stop)
+        prompts, metas = [p for p in prompts for _ in range(n)], [m for m in metas for _ in range(n)]
         return RolloutBatch(
             prompt_ids=prompt_ids.repeat_interleave(n, 0), prompt_mask=prompt_mask.repeat_interleave(n, 0),
             completion_ids=generation.completion_ids, completion_mask=generation.completion_mask,
-            scores=torch.tensor([s.reward for s in scores], dtype=torch.float32, device=device),
-            correct=torch.tensor([s.correct for s in scores], dtype=torch.bool, device=device),
-            metas=metas, group_size=n, behaviour_logps=generation.logps)
+            metas=metas, group_size=n, behaviour_logps=generation.logps, prompts=prompts,
+            **self.score(prompts, texts, metas, prompt_ids.device))
+
+    def score(self, prompts: list[Prompt], texts: list[str], metas: list[dict],
+              device: torch.device) -> dict[str, Any]:
+        """The reward's scores as the rollout batch's ``scores``, ``correct`` (NaN: not judged) and ``components``."""
+        scores = score_batch(self.reward_fn, prompts, texts, metas)
+        names = list(dict.fromkeys(k for s in scores for k in (s.components or {})))
+        return {"scores": torch.tensor([s.reward for s in scores], dtype=torch.float32, device=device),
+                "correct": torch.tensor([float("nan") if s.correct is None else float(s.correct) for s in scores],
+                                        device=device),
+                "components": {k: torch.tensor([(s.components or {}).get(k, float("nan")) for s in scores],
+                                               device=device) for k in names}}
 
     def replay(self, batch: dict[str, list]) -> RolloutBatch:
         """A rollout batch from stored groups (:class:`lit_rl.OfflineData`): the data's completions, rewards and
@@ -107,7 +125,7 @@ class PolicyModule(LightningModule):
         else:
             completion_ids, completion_mask = self.policy.pad(stored_ids, left=False)
         if any(ids is None for ids in batch["prompt_ids"]):
-            prompt_ids, prompt_mask = self.policy.encode_prompts(batch["prompt"], completion_ids.shape[1])
+            prompt_ids, prompt_mask = self.policy.encode_prompts(self.render(batch["prompt"]), completion_ids.shape[1])
         else:
             prompt_ids, prompt_mask = self.policy.pad(batch["prompt_ids"], left=True)
         behaviour = None
@@ -122,12 +140,23 @@ class PolicyModule(LightningModule):
             prompt_ids=prompt_ids.repeat_interleave(n, 0), prompt_mask=prompt_mask.repeat_interleave(n, 0),
             completion_ids=completion_ids, completion_mask=completion_mask,
             scores=torch.tensor(flat("rewards"), dtype=torch.float32, device=device),
-            correct=torch.tensor(flat("correct"), dtype=torch.bool, device=device),
+            correct=torch.tensor([float("nan") if c is None else float(c) for c in flat("correct")], device=device),
             metas=[m for m in batch["meta"] for _ in range(n)], group_size=n, behaviour_logps=behaviour,
-            from_dataset=True)
+            from_dataset=True, prompts=[p for p in batch["prompt"] for _ in range(n)])
 
-    def encode(self, prompts: list[str], sampling: Sampling) -> tuple[Tensor, Tensor]:
-        return self.policy.encode_prompts(prompts, sampling.max_new_tokens)
+    def render(self, prompts: list[Prompt]) -> list[str]:
+        """Prompts as the model sees them (:func:`lit_rl.chat.render_prompt` with this module's chat settings)."""
+        return [render_prompt(self.policy.tokenizer, p, **self.chat) for p in prompts]
+
+    def encode(self, prompts: list[Prompt], sampling: Sampling) -> tuple[Tensor, Tensor]:
+        return self.policy.encode_prompts(self.render(prompts), sampling.max_new_tokens)
+
+    def prompt_fits(self, prompt: Prompt) -> bool:
+        """Whether the rendered prompt leaves room for the longest completion this module samples
+        (``PromptData(filter_long=true)`` drops those that do not)."""
+        longest = max(self.val_sampling.max_new_tokens, getattr(self, "sampling", self.val_sampling).max_new_tokens)
+        budget = self.policy.prompt_budget(longest)
+        return budget is None or len(self.policy.tokenize(self.render([prompt])[0])) <= budget
 
     def on_train_end(self) -> None:
         """Export the trained policy with ``save_pretrained`` to ``<run dir>/hf_model``: it then loads in
@@ -166,11 +195,14 @@ class PolicyModule(LightningModule):
             self.val_reward.reset()
 
     def validation_step(self, batch: dict[str, list], batch_idx: int) -> None:
-        rollout = self.sample(*self.encode(batch["prompt"], self.val_sampling), batch["meta"], self.val_sampling)
-        self.val_accuracy.update(rollout.correct.float())
+        rollout = self.sample(*self.encode(batch["prompt"], self.val_sampling), batch["prompt"], batch["meta"],
+                              self.val_sampling)
+        judged = ~rollout.correct.isnan()
+        if judged.any():                                                # a reward with a notion of correctness
+            self.val_accuracy.update(rollout.correct[judged])
+            self.log("val/accuracy", self.val_accuracy, prog_bar=True, batch_size=int(judged.sum()))
         self.val_reward.update(rollout.scores)
-        self.log("val/accuracy", self.val_accuracy, prog_bar=True, batch_size=len(rollout))
-        self.log("val/reward_mean", self.val_reward, batch_size=len(rollout))
+        self.log("val/reward_mean", self.val_reward, prog_bar=not judged.any(), batch_size=len(rollout))
 
 
 class RLModule(PolicyModule):
@@ -234,9 +266,9 @@ class RLModule(PolicyModule):
         Default: the on-policy REINFORCE surrogate ``-A * l_t``."""
         return policy_gradient_loss(logps, batch.advantages), None
 
-    def collect(self, prompt_ids: Tensor, prompt_mask: Tensor, metas: list[dict]) -> RolloutBatch:
+    def collect(self, prompt_ids: Tensor, prompt_mask: Tensor, prompts: list[Prompt], metas: list[dict]) -> RolloutBatch:
         """Sample and score ``G`` completions per prompt (GRPO's dynamic sampling overrides this)."""
-        return self.sample(prompt_ids, prompt_mask, metas, self.sampling, self.group_size)
+        return self.sample(prompt_ids, prompt_mask, prompts, metas, self.sampling, self.group_size)
 
     def select_rows(self, rollout: RolloutBatch) -> RolloutBatch:
         """The rows the objective learns from: all of them here (DPO keeps each group's best and worst)."""
@@ -267,7 +299,7 @@ class RLModule(PolicyModule):
         if "completions" in batch:
             rollout = self.replay(batch)
         else:
-            rollout = self.collect(*self.encode(batch["prompt"], self.sampling), batch["meta"])
+            rollout = self.collect(*self.encode(batch["prompt"], self.sampling), batch["prompt"], batch["meta"])
         self.log_rollout(rollout)
         rollout = self.select_rows(rollout)
         if len(rollout) == 0:
@@ -360,9 +392,13 @@ class RLModule(PolicyModule):
         metrics = {
             "rollout/reward_mean": scores.mean(),
             "rollout/reward_std": scores.std() if size > 1 else torch.zeros(()),
-            "rollout/accuracy": rollout.correct.float().mean(),
             "rollout/completion_length": rollout.completion_mask.sum(-1).float().mean(),
         }
+        if (share := accuracy(rollout.correct)) is not None:           # rewards that judge correctness
+            metrics["rollout/accuracy"] = share
+        for name, values in rollout.components.items():                 # the parts of a combined reward
+            if not values.isnan().all():
+                metrics[f"reward/{name}_mean"] = values.nanmean()
         if rollout.group_size > 1:
             metrics["rollout/frac_zero_std_groups"] = zero_std_groups(scores, rollout.group_size).float().mean()
         self.log_dict(metrics, batch_size=size)

@@ -11,7 +11,7 @@ import torch
 from lit_rl.modules.erpd_teacher import cpu_state
 from lit_rl.modules.ppo import ppo_advantages
 from lit_rl.objectives import combine_signals, deviation_ratio, distillation_signal, grpo_advantages, sample_kl
-from lit_rl.rollout import RolloutBatch
+from lit_rl.rollout import RolloutBatch, accuracy
 
 STATE = ("iteration", "phase", "stage_step", "old_state", "unlearned", "teacher_logps", "signals", "students",
          "history", "base_lrs")
@@ -72,7 +72,7 @@ class ERPDStages:
                                                   else self.students[teacher.earlier_student])
                 den = self._rowwise(rollout, logps)
             self.signals[k] = distillation_signal(self.teacher_logps[k], den, rollout.completion_mask,
-                                                  teacher.outliers, rows=rollout.correct)
+                                                  teacher.outliers, rows=rollout.correct == 1)
             record["strategy"] = strategy
         if self.student_steps > 0 or k < len(self.teachers) - 1:
             self.policy.model.load_state_dict(self.old_state)         # stage 2 (or the next teacher) restarts from pi_old
@@ -109,7 +109,8 @@ class ERPDStages:
         if (accuracy := self.heldout_accuracy()) is not None:
             record["accuracy"] = accuracy
         G = self.rollout.group_size
-        own = self.sample(self.rollout.prompt_ids[::G], self.rollout.prompt_mask[::G], self.rollout.metas[::G],
+        own = self.sample(self.rollout.prompt_ids[::G], self.rollout.prompt_mask[::G], self.rollout.prompts[::G],
+                          self.rollout.metas[::G],
                           self.sampling, self.kl_samples)
         mask = own.completion_mask
         fields, size = (own.prompt_ids, own.prompt_mask, own.completion_ids, mask), self.micro_batch_size or len(own)
@@ -131,11 +132,13 @@ class ERPDStages:
             return None
         correct: list[torch.Tensor] = []
         for batch in datamodule.val_dataloader():
-            rollout = self.sample(*self.encode(batch["prompt"], self.val_sampling), batch["meta"], self.val_sampling)
+            rollout = self.sample(*self.encode(batch["prompt"], self.val_sampling), batch["prompt"], batch["meta"],
+                                  self.val_sampling)
             correct.append(rollout.correct)
             if self.eval_size is not None and sum(map(len, correct)) >= self.eval_size:
                 break
-        return float(torch.cat(correct)[:self.eval_size].float().mean())
+        share = accuracy(torch.cat(correct)[:self.eval_size])
+        return None if share is None else float(share)
 
     def write_history(self) -> None:
         """``<run dir>/erpd_history.jsonl``: one line per evaluated stage (what the benchmark reads)."""

@@ -85,6 +85,9 @@ def teacher_loss(teacher: Teacher, logps: Tensor, batch: RolloutBatch, values: T
     ``pi_old``'s), and the clipped-token mask for clipped losses. CE's sequence loss is spread evenly over
     the sequence's valid tokens, so ``seq_mean_token_mean`` aggregation gives exactly its mean over sequences."""
     old, mask, clipped = batch.old_logps, batch.completion_mask, None
+    if teacher.loss in ("ce", "mse") and batch.correct.isnan().any():
+        raise ValueError(f"ERPD's {teacher.loss} teacher learns from correctness, but the reward judged none for some "
+                         f"samples (Score.correct is None): use a reward that reports correctness")
     if teacher.loss == "grpo":
         loss, clipped = clipped_policy_loss(logps, old, batch.advantages, teacher.eps_low, teacher.eps_high)
     elif teacher.loss == "ppo":

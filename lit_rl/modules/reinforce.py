@@ -7,7 +7,7 @@ from torch import Tensor
 
 from lit_rl.modules.base import RLModule
 from lit_rl.objectives import reinforce_advantages, remax_advantages
-from lit_rl.rollout import RolloutBatch
+from lit_rl.rollout import RolloutBatch, accuracy
 
 
 class REINFORCE(RLModule):
@@ -61,8 +61,9 @@ class ReMax(RLModule):
 
     def advantages(self, rollout: RolloutBatch) -> Tensor:
         G = rollout.group_size
-        greedy = self.sample(rollout.prompt_ids[::G], rollout.prompt_mask[::G], rollout.metas[::G],
-                             self.sampling.greedy)
-        self.log_dict({"rollout/greedy_reward_mean": greedy.scores.mean(),
-                       "rollout/greedy_accuracy": greedy.correct.float().mean()}, batch_size=len(greedy))
+        greedy = self.sample(rollout.prompt_ids[::G], rollout.prompt_mask[::G], rollout.prompts[::G],
+                             rollout.metas[::G], self.sampling.greedy)
+        self.log("rollout/greedy_reward_mean", greedy.scores.mean(), batch_size=len(greedy))
+        if (share := accuracy(greedy.correct)) is not None:
+            self.log("rollout/greedy_accuracy", share, batch_size=len(greedy))
         return remax_advantages(rollout.rewards, greedy.scores, self.advantage_clip)

@@ -1,0 +1,93 @@
+"""The reward interface: a batch of completions, their prompts and their dataset columns in, one :class:`Score`
+per completion out. Rewards never execute completion text."""
+
+import math
+import re
+from typing import Any, NamedTuple
+
+Prompt = str | list[dict[str, str]]                                   # plain text, or chat messages {role, content}
+Columns = dict[str, list[Any]]                                      # a dataset column's values, one per completion
+
+
+class Score(NamedTuple):
+    """One completion's reward; ``correct`` is ``None`` for a reward with no notion of correctness (it then
+    reports no accuracy); ``components`` holds each part of a combined reward by name (:class:`Rewards`)."""
+
+    reward: float
+    correct: bool | None = None
+    components: dict[str, float] | None = None
+
+
+class RewardFunction:
+    """Base class of rewards configurable from YAML (``class_path``).
+
+    Implement either :meth:`score` (batched: every completion of a step at once, with its prompt and dataset
+    columns) or ``__call__(completion, meta) -> Score | float`` (one completion and a dict of its row's columns);
+    the default :meth:`score` calls ``__call__`` per sample. ``name`` keys the reward's logged component.
+    """
+
+    name: str | None = None
+
+    def score(self, prompts: list[Prompt], completions: list[str], columns: Columns) -> list[Score | float | None]:
+        rows = [{key: values[i] for key, values in columns.items()} for i in range(len(completions))]
+        scores = []
+        for i, (completion, meta) in enumerate(zip(completions, rows, strict=True)):
+            try:
+                scores.append(self(completion, meta))
+            except Exception as err:
+                raise RuntimeError(f"reward {type(self).__name__} failed on sample {i} (columns={meta!r}, "
+                                   f"completion={completion[:200]!r}): {err}") from err
+        return scores
+
+    def __call__(self, completion: str, meta: dict[str, Any]) -> Score | float:
+        raise NotImplementedError(f"{type(self).__name__} implements neither score() nor __call__()")
+
+
+def reward_name(reward: Any) -> str:
+    """``reward.name`` if set, else the class name in snake case without ``Reward`` (``MathReward`` -> ``math``)."""
+    if getattr(reward, "name", None):
+        return reward.name
+    base = type(reward).__name__.removesuffix("Reward") or type(reward).__name__
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", base).lower()
+
+
+def columns_of(metas: list[dict[str, Any]]) -> Columns:
+    """Per-row dicts to column lists (a column missing from a row is ``None`` there)."""
+    keys = list(dict.fromkeys(k for m in metas for k in m))
+    return {k: [m.get(k) for m in metas] for k in keys}
+
+
+def checked_scores(reward: Any, out: Any, completions: list[str], allow_none: bool = False) -> list[Score | None]:
+    """``out`` as one :class:`Score` per completion, or a named error: the wrong number of scores, a value that is
+    not a number, a non-finite reward (``None`` passes only where ``allow_none``, inside :class:`Rewards`)."""
+    name = reward_name(reward)
+    if isinstance(out, (str, bytes, dict)) or not hasattr(out, "__len__"):
+        raise TypeError(f"reward {name} returned {type(out).__name__}; it must return a list with one score per "
+                        f"completion")
+    if len(out) != len(completions):
+        raise ValueError(f"reward {name} returned {len(out)} scores for {len(completions)} completions")
+    scores = []
+    for i, value in enumerate(out):
+        if value is None and allow_none:
+            scores.append(None)
+            continue
+        score = value if isinstance(value, Score) else Score(value)
+        number = score.reward
+        if isinstance(number, bool) or not isinstance(number, (int, float)) and not hasattr(number, "__float__"):
+            raise TypeError(f"reward {name} returned {value!r} for sample {i} (completion "
+                            f"{completions[i][:200]!r}): a reward must be a number" +
+                            (" (None is allowed only inside lit_rl.Rewards)" if value is None else ""))
+        number = float(number)
+        if not math.isfinite(number):
+            raise ValueError(f"reward {name} returned {number} for sample {i} (completion {completions[i][:200]!r})")
+        correct = None if score.correct is None else bool(score.correct)
+        scores.append(Score(number, correct, score.components))
+    return scores
+
+
+def score_batch(reward: RewardFunction, prompts: list[Prompt], completions: list[str],
+                metas: list[dict[str, Any]]) -> list[Score]:
+    """Score every completion with ``reward`` in one call and check what it returned."""
+    if reward is None:
+        raise ValueError("no reward is set: give the module a `reward` (e.g. model.init_args.reward in the YAML)")
+    return checked_scores(reward, reward.score(prompts, completions, columns_of(metas)), completions)

@@ -1,0 +1,78 @@
+"""Several rewards as one: a weighted sum, each component logged and stored per sample."""
+
+import json
+import math
+from typing import Literal
+
+from lit_rl.rewards.base import Columns, Prompt, RewardFunction, Score, checked_scores, reward_name
+
+Mode = Literal["sum", "normalize_then_sum"]
+
+
+def group_normalize(values: list[float | None], prompts: list[Prompt], eps: float = 1e-6) -> list[float | None]:
+    """``(v - mean_g) / (std_g + eps)`` within each group of completions sharing a prompt (std Bessel-corrected,
+    over the group's non-``None`` values); a value alone in its group becomes 0 (GDPO, Liu et al. 2026, eq. 4)."""
+    groups: dict[str, list[int]] = {}
+    for i, (prompt, value) in enumerate(zip(prompts, values)):
+        if value is not None:
+            groups.setdefault(prompt if isinstance(prompt, str) else json.dumps(prompt), []).append(i)
+    out: list[float | None] = [None] * len(values)
+    for rows in groups.values():
+        group = [values[i] for i in rows]
+        mean = sum(group) / len(group)
+        std = math.sqrt(sum((v - mean) ** 2 for v in group) / (len(group) - 1)) if len(group) > 1 else 0.0
+        for i in rows:
+            out[i] = (values[i] - mean) / (std + eps) if len(group) > 1 else 0.0
+    return out
+
+
+class Rewards(RewardFunction):
+    """``R = sum_k w_k r_k`` over several rewards (``mode: sum``), or over each reward standardised within its
+    prompt's group first (``mode: normalize_then_sum``, GDPO's decoupled normalisation: a reward on a small scale
+    is not drowned by one on a large scale).
+
+    A component may return ``None`` for a completion it has no opinion on (a math reward on a code prompt); it
+    then adds nothing to that completion's sum, and a completion no component scored is an error. A completion
+    is ``correct`` when every component that judges correctness says so (``None`` if none judges). Components are
+    logged as ``reward/<name>_mean`` and stored per sample by their raw values (before weights and normalisation).
+    Departure: under ``normalize_then_sum`` a completion alone in its group (validation samples once per prompt)
+    gets 0 from every component, so ``val/reward_mean`` is 0 there; read the components and the accuracy instead.
+    """
+
+    def __init__(self, rewards: list[RewardFunction], weights: list[float] | None = None, mode: Mode = "sum") -> None:
+        """
+        Args:
+            rewards: the components.
+            weights: one weight per component (default: all 1).
+            mode: ``sum`` or ``normalize_then_sum``.
+        """
+        if not rewards:
+            raise ValueError("Rewards needs at least one reward")
+        weights = [1.0] * len(rewards) if weights is None else list(weights)
+        if len(weights) != len(rewards):
+            raise ValueError(f"Rewards got {len(weights)} weights for {len(rewards)} rewards")
+        if mode not in ("sum", "normalize_then_sum"):
+            raise ValueError(f"unknown Rewards mode {mode!r}; choose 'sum' or 'normalize_then_sum'")
+        self.rewards, self.weights, self.mode = list(rewards), weights, mode
+        self.names: list[str] = []
+        for reward in self.rewards:                                     # unique names: math, format, format_2
+            name, k = reward_name(reward), 2
+            while name in self.names:
+                name, k = f"{reward_name(reward)}_{k}", k + 1
+            self.names.append(name)
+
+    def score(self, prompts: list[Prompt], completions: list[str], columns: Columns) -> list[Score]:
+        parts = [checked_scores(r, r.score(prompts, completions, columns), completions, allow_none=True)
+                 for r in self.rewards]                                 # [K][N]
+        raw = [[None if s is None else s.reward for s in part] for part in parts]
+        summed = [group_normalize(values, prompts) for values in raw] if self.mode == "normalize_then_sum" else raw
+        scores = []
+        for i, completion in enumerate(completions):
+            if all(values[i] is None for values in raw):
+                raise ValueError(f"no reward of {self.names} scored sample {i} (every one returned None; "
+                                 f"completion {completion[:200]!r})")
+            total = sum(w * values[i] for w, values in zip(self.weights, summed) if values[i] is not None)
+            judged = [part[i].correct for part in parts if part[i] is not None and part[i].correct is not None]
+            components = {n: math.nan if values[i] is None else values[i] for n, values in zip(self.names, raw)}
+            scores.append(Score(total, all(judged) if judged else None, components))
+        return scores
