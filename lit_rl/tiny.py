@@ -13,14 +13,22 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from lit_rl.tasks.countdown import ALPHABET, WORDS
-from lit_rl.tokenizer import char_tokenizer
+from lit_rl.tokenizer import PLAIN_TEMPLATE, char_tokenizer
+
+# A vocabulary and chat template for tests of chat models on other tasks (GSM8K-style text, role markers).
+CHAT_ALPHABET = "".join(chr(c) for c in range(32, 127)) + "\n"
+CHAT_WORDS = ("<|system|>", "<|user|>", "<|assistant|>", "<think>", "</think>", "<answer>", "</answer>")
+CHAT_TEMPLATE = ("{%- for m in messages -%}{{ '<|' + m['role'] + '|>' + m['content'] }}{%- if not loop.last or "
+                 "m['role'] != 'assistant' %}{{ '\\n' }}{% endif -%}{%- endfor -%}"
+                 "{%- if add_generation_prompt -%}{{ '<|assistant|>' }}{%- endif -%}")
 
 
 def build_tiny_model(out_dir: str | Path, hidden_size: int = 128, num_layers: int = 4, head_dim: int = 32,
-                     max_positions: int = 256, seed: int = 0) -> Path:
-    """A randomly initialised model over the Countdown character vocabulary. ``head_dim >= 32`` keeps it
-    servable by vLLM's CPU backend."""
-    tokenizer = char_tokenizer(ALPHABET, WORDS)
+                     max_positions: int = 256, seed: int = 0, alphabet: str = ALPHABET, words: tuple[str, ...] = WORDS,
+                     chat_template: str | None = PLAIN_TEMPLATE) -> Path:
+    """A randomly initialised model over a character vocabulary (by default Countdown's, with its plain chat
+    template). ``head_dim >= 32`` keeps it servable by vLLM's CPU backend."""
+    tokenizer = char_tokenizer(alphabet, words, chat_template)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=hidden_size // head_dim, num_key_value_heads=hidden_size // head_dim,

@@ -117,8 +117,8 @@ def test_training_with_vllm_rollouts_on_the_builtin_model(engine, cls, kwargs):
     """The embedded default model, vLLM sampling, a refresh after every step, truncated importance sampling:
     weights move, the engine follows, and vLLM's log-probs stay within 1e-3 of the trainer's."""
     torch.manual_seed(0)
-    module = cls(sampling=Sampling(temperature=1.0, max_new_tokens=16), engine=engine, importance_sampling_cap=2.0,
-                 **kwargs)
+    module = cls(model="builtin:countdown-sft", reward=CountdownReward(), sampling=Sampling(temperature=1.0, max_new_tokens=16),
+                 engine=engine, importance_sampling_cap=2.0, **kwargs)
     before = module.policy.model.lm_head.weight.detach().clone()
     syncs = engine.syncs
     steps = 3 * module.num_iterations

@@ -405,8 +405,8 @@ class RLModule(PolicyModule):
 
     def configure_callbacks(self) -> list:
         """Ship the callbacks the loop relies on, unless the trainer already has one of the same type."""
-        from lit_rl.callbacks import KLEntropyTracker, RolloutRefresh
+        from lit_rl.callbacks import CompletionLog, KLEntropyTracker, RolloutRefresh
 
         present = {type(c) for c in self.trainer.callbacks}
-        return [c for c in (RolloutRefresh(), KLEntropyTracker()) if type(c) not in present]
+        return [c for c in (RolloutRefresh(), KLEntropyTracker(), CompletionLog()) if type(c) not in present]
 

@@ -2,6 +2,8 @@
 
 from lit_rl.rewards.base import Columns, Prompt, RewardFunction, Score, reward_name, score_batch
 from lit_rl.rewards.combine import Rewards
+from lit_rl.rewards.format import FormatReward
 from lit_rl.rewards.function import FunctionReward
+from lit_rl.rewards.math import MathReward
 
-__all__ = ["Columns", "FunctionReward", "Prompt", "RewardFunction", "Rewards", "Score", "reward_name", "score_batch"]
+__all__ = ["Columns", "FormatReward", "FunctionReward", "MathReward", "Prompt", "RewardFunction", "Rewards", "Score", "reward_name", "score_batch"]

@@ -73,3 +73,14 @@ class CountdownData(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_rows, batch_size=self.val_batch_size, collate_fn=collate)
+
+
+def export_prompts(path: str, split: str = "train", size: int = 4000, seed: int = 0, template: Template = "paper",
+                   **puzzle_kwargs: Any) -> None:
+    """Write one split's puzzles as a prompt file (``prompt``, ``numbers``, ``target``) for ``lit_rl.PromptData``:
+    the shipped ``builtin:countdown-prompts.jsonl`` (train, 4000) and ``countdown-prompts-val.jsonl`` (val, 500)."""
+    import json
+
+    with open(path, "w") as f:
+        for p in make_split(split, size, seed, **puzzle_kwargs):
+            f.write(json.dumps({"prompt": p.prompt(template), **p.meta}) + "\n")

@@ -1,0 +1,134 @@
+"""MathReward on real answer formats, asserting what math-verify 0.9 actually does on each; its time limit off
+the main thread and on hostile input; FormatReward. Each MathReward starts its own worker (an interpreter
+that imports math-verify: about a second), so the answer tests share one."""
+
+import copy
+import logging
+import pickle
+import re
+import threading
+import time
+
+import pytest
+
+from lit_rl.rewards.base import Score
+from lit_rl.rewards.format import FormatReward
+from lit_rl.rewards.math import MathReward
+
+GSM8K = "Maya sold 48 / 2 = <<48/2=24>>24 clips in May.\nShe sold 48 + 24 = <<48+24=72>>72 clips in all.\n#### 72"
+TOWER = r"The answer is \boxed{9^{9^{9^{9}}}}"                      # parses; sympy then never finishes the power
+
+
+def judge(reward: MathReward, gold, completions: list[str]) -> list[bool | None]:
+    n = len(completions)
+    return [s.correct for s in reward.score([""] * n, completions, {"answer": [gold] * n})]
+
+
+@pytest.fixture(scope="module")
+def reward():
+    return MathReward(timeout=60)                                   # generous: these tests are about answers
+
+
+def test_gsm8k_gold(reward):
+    scores = reward.score(["q"] * 2, [r"48 + 24 = 72. The answer is \boxed{72}", r"The answer is \boxed{73}"],
+                          {"answer": [GSM8K] * 2})
+    assert scores == [Score(1.0, True), Score(0.0, False)]
+    assert judge(reward, 72, [r"\boxed{72}"]) == [True]             # a bare number (not text) as gold
+
+
+def test_gsm8k_gold_is_the_text_after_the_marker(reward):
+    """math-verify knows no ``####``: on this whole solution it picks "answer is 5"; the reward reads 10."""
+    gold = "The answer is 5 apples each, so 2 * 5 = <<2*5=10>>10 apples.\n#### 10"
+    assert judge(reward, gold, [r"\boxed{10}", r"\boxed{5}"]) == [True, False]
+
+
+def test_fractions(reward):
+    """``\\frac{3}{4}`` equals 0.75, 6/8 and 3/4 whether boxed or bare; 0.7 is wrong."""
+    completions = ["0.75", r"So it is \boxed{0.75}.", r"\boxed{\frac{6}{8}}", "3/4", r"\boxed{0.7}"]
+    assert judge(reward, r"\frac{3}{4}", completions) == [True, True, True, True, False]
+    assert judge(reward, r"\boxed{\frac{3}{4}}", ["0.75"]) == [True]
+
+
+def test_thousands_separators(reward):
+    assert judge(reward, "1,000", ["1000", r"\boxed{1000}"]) == [True, True]
+    assert judge(reward, "1000", [r"\boxed{1,000}", "The answer is 1,000."]) == [True, True]
+
+
+def test_units_and_currency(reward):
+    """math-verify drops ``\\text{}`` units and dollar signs: all of these count as 72."""
+    completions = [r"\boxed{72 \text{ dollars}}", "It costs $72.", r"\boxed{\$72}", "It is 72 dollars.", "$72.00"]
+    assert judge(reward, "#### 72", completions) == [True] * 5
+
+
+def test_no_answer_and_ambiguous_answers(reward):
+    """No number: wrong. Two boxes parse as the set {72, 73}: wrong. A box outranks a later number: 73, wrong."""
+    completions = ["I don't know.", "", "seventy-two", r"\boxed{72} \boxed{73}", r"\boxed{73}. Oops, it is 72."]
+    assert judge(reward, "72", completions) == [False] * 5
+
+
+def test_missing_column_and_bad_gold(reward):
+    with pytest.raises(ValueError, match=r"column 'answer'.*\['question', 'solution'\]"):
+        MathReward().score(["q"], ["1"], {"question": ["q"], "solution": ["1"]})
+    with pytest.raises(ValueError, match=r"sample 1: 'see the figure'"):
+        reward.score(["q"] * 2, ["1", "2"], {"answer": ["#### 1", "see the figure"]})
+
+
+def test_copies_and_pickles(reward):
+    """Lightning's save_hyperparameters deep-copies what it is given; a copy starts a worker of its own."""
+    fresh = MathReward(answer_column="gold", timeout=3)
+    for other in (copy.deepcopy(fresh), pickle.loads(pickle.dumps(fresh))):
+        assert (other.answer_column, other.timeout, other._worker) == ("gold", 3.0, None)
+    assert reward._worker is not None and copy.deepcopy(reward)._worker is None
+
+
+def test_scores_off_the_main_thread():
+    """math-verify's own time limit (signal.alarm) would raise here; the worker starts and scores in the thread."""
+    reward, out = MathReward(correct_reward=2.0, wrong_reward=-1.0, timeout=60), []
+    completions = [r"\boxed{72}", "71"]
+    thread = threading.Thread(target=lambda: out.append(reward.score(["q"] * 2, completions, {"answer": [GSM8K] * 2})))
+    thread.start()
+    thread.join()
+    assert out == [[Score(2.0, True), Score(-1.0, False)]]
+
+
+def test_hostile_completions_return_within_the_timeout(caplog):
+    """A power tower and 100k characters of "7 7 ..." hang math-verify (sympy's power; its extraction regexes);
+    deep braces, 100k letters and null bytes return at once. Each must be wrong, none may hang."""
+    reward = MathReward(timeout=2)
+    start = time.monotonic()
+    assert judge(reward, "72", [r"\boxed{72}"]) == [True]
+    startup = time.monotonic() - start                              # a cold worker: the cost of each restart
+    hostile = [TOWER, "\\boxed{" * 5000 + "1" + "}" * 5000, "x" * 100_000, "\x00" * 1000 + "\\boxed{\x00}",
+               "7 " * 50_000]
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="lit_rl.rewards.math"):
+        scores = reward.score([""] * len(hostile), hostile, {"answer": ["72"] * len(hostile)})
+    elapsed = time.monotonic() - start
+    assert scores == [Score(0.0, False)] * len(hostile)
+    assert elapsed < 15 + 2 * startup                               # two 2 s timeouts and one restart between
+    assert re.findall(r"sample (\d) timed out", caplog.text) == ["0", "4"]
+
+
+def test_a_timeout_kills_and_restarts_the_worker(caplog):
+    reward = MathReward(timeout=2)
+    assert judge(reward, "72", [r"\boxed{72}"]) == [True]
+    first = reward._worker
+    with caplog.at_level(logging.WARNING, logger="lit_rl.rewards.math"):
+        assert judge(reward, "#### 72", [TOWER, r"\boxed{72}", r"\boxed{7}"]) == [False, True, False]
+    assert "sample 0 timed out after 2 s" in caplog.text and r"\\boxed{9^{9^{9^{9}}}}" in caplog.text
+    assert first.poll() is not None and reward._worker.pid != first.pid   # killed, and a new one serves
+
+
+def test_format_reward():
+    good = "<think>48 / 2 = 24\n48 + 24 = 72</think>\n<answer>72</answer>"
+    reward = FormatReward()
+    assert reward.score([""] * 4, [good, good + "\n", "The answer is 72", "<answer>72</answer>"], {}) == [
+        Score(1.0, None), Score(1.0, None), Score(0.0, None), Score(0.0, None)]
+    assert FormatReward(match="fullmatch", reward=0.5).score([""] * 2, [good, good + "\n"], {}) == [
+        Score(0.5, None), Score(0.0, None)]
+    multiline = FormatReward(pattern="^answer: \\d+$", flags=["MULTILINE", "IGNORECASE"])
+    assert multiline.score([""], ["let me think\nANSWER: 72\n"], {}) == [Score(1.0, None)]
+    with pytest.raises(ValueError, match=re.escape("pattern '<think>(.*' is not a valid")):
+        FormatReward(pattern="<think>(.*")
+    with pytest.raises(ValueError, match="DOTAL"):
+        FormatReward(flags=["DOTAL"])
