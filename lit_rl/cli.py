@@ -1,12 +1,17 @@
 """``lit-rl``: a LightningCLI whose model is any lit-rl module and whose data is any LightningDataModule."""
 
+import logging
+import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 
 from lit_rl.modules import PolicyModule
 
@@ -19,6 +24,7 @@ class LitRLCLI(LightningCLI):
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("trainer_defaults", {"enable_model_summary": False})
         super().__init__(PolicyModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                          **kwargs)
 
@@ -35,6 +41,11 @@ class LitRLCLI(LightningCLI):
                 run_dir = run_dir.with_name(run_dir.name + "+")
             kwargs["logger"] = [CSVLogger(run_dir, name="", version=""),
                                 TensorBoardLogger(run_dir, name="", version="", default_hp_metric=False)]
+        callbacks = config.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if _RICH_AVAILABLE and config.get("enable_progress_bar") is not False and not any(
+                isinstance(c, ProgressBar) for c in callbacks):
+            kwargs["callbacks"] = [*callbacks, StepProgressBar()]
         return super().instantiate_trainer(**kwargs)
 
     def _validate(self) -> dict[str, float]:
@@ -50,21 +61,49 @@ class LitRLCLI(LightningCLI):
         if self._before is None or self.trainer.interrupted:
             return
         after = self._validate()
-        if "val/accuracy" not in after:
+        if "val/reward_mean" not in after:                              # no held-out data
             return
         name = type(self.model).__name__.lower()
-        line = (f"{name}: accuracy {self._before['val/accuracy']:.3f} -> {after['val/accuracy']:.3f}, "
-                f"mean reward {self._before['val/reward_mean']:.3f} -> {after['val/reward_mean']:.3f}, "
-                f"{self.trainer.global_step} steps, {seconds:.0f} s")
+        accuracy = (f"accuracy {self._before['val/accuracy']:.3f} -> {after['val/accuracy']:.3f}, "
+                    if "val/accuracy" in after else "")                 # a reward that judges correctness
+        line = (f"{name}: {accuracy}mean reward {self._before['val/reward_mean']:.3f} -> "
+                f"{after['val/reward_mean']:.3f}, {self.trainer.global_step} steps, {seconds:.0f} s")
         if self.trainer.is_global_zero:
             print(line, flush=True)
             if self.trainer.log_dir is not None:
                 Path(self.trainer.log_dir, "summary.txt").write_text(line + "\n")
 
 
+class StepProgressBar(RichProgressBar):
+    """Lightning's progress bar, without the "Epoch 0/-2" it shows for a run bounded by ``max_steps``."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs < 0:
+            return f"{f'Epoch {current_epoch}':{len(self.validation_description)}}"
+        return super()._get_train_description(current_epoch)
+
+
+# What a new user need not read: Lightning's hosted-logging tip and accelerator lines (the progress bar and the
+# metrics say what runs), and warnings about things lit-rl handles on purpose (a manual-optimization checkpoint
+# holds the finished step, which is what resuming needs; a deprecation inside Lightning's own code).
+QUIET_LOGS = re.compile(r"litlogger|^(GPU|TPU|HPU) available: False")
+QUIET_WARNINGS = ("Using ModelCheckpoint with manual optimization", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+def quiet() -> None:
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not QUIET_LOGS.search(record.getMessage()))
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()                     # "Loading weights", "Writing model shards"
+
+
 def main() -> None:
     """``lit-rl generate ...`` writes an offline dataset (:func:`lit_rl.generate.generate`); every other
     subcommand (``fit``, ``validate``, ``test``) is Lightning's."""
+    quiet()
     if sys.argv[1:2] == ["generate"]:
         from lit_rl.generate import main as generate
 

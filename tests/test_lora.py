@@ -43,8 +43,8 @@ def probe(policy: Policy) -> tuple:
 def test_every_algorithm_trains_a_lora_adapter_and_exports_it(tiny_model_dir, tmp_path, cls, kwargs):
     torch.manual_seed(0)
     rl = cls is not SFT
-    extra = {"sampling": SAMPLING, "reward": DigitShare()} if rl else {}
-    module = cls(model=tiny_model_dir, reward=CountdownReward(), lora=LORA, val_sampling=VAL,
+    extra = {"sampling": SAMPLING, "reward": DigitShare()} if rl else {"reward": CountdownReward()}
+    module = cls(model=tiny_model_dir, lora=LORA, val_sampling=VAL,
                  optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0), **extra, **kwargs)
     policy = module.policy
     assert policy.is_lora and policy._reference == []                    # no second copy of the model
