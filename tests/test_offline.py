@@ -33,7 +33,7 @@ def countdown(**kwargs) -> CountdownData:
 def make(tiny_model_dir, out, **kwargs):
     settings = {"model": tiny_model_dir, "data": countdown(), "reward": DigitShare(), "sampling": SAMPLING,
                 "group_size": 4, "num_prompts": 12, "batch_size": 4, "seed": 3, **kwargs}
-    return generate(str(out), **settings)
+    return generate(output=str(out), **settings)
 
 
 @pytest.fixture(scope="module")

@@ -115,15 +115,20 @@ def test_generate_renders_and_stores_the_users_prompts(chat_model_dir, tmp_path)
     assert all(r["correct"] in (True, False) for r in rows)
 
 
-def test_the_completion_log_resumes_without_duplicates(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("source", ["countdown", "prompt_file"])
+def test_the_completion_log_resumes_without_duplicates(tiny_model_dir, tmp_path, source):
     """4 steps straight vs 2 steps + resume from the step-2 checkpoint in the same run directory: the log holds
-    each step once, and the resumed steps' lines equal the uninterrupted run's (exact resume)."""
+    each step once, and the resumed steps' lines equal the uninterrupted run's (exact resume, through either
+    DataModule: the prompts, samples and rewards after the resume are the uninterrupted run's)."""
     def module():
         seed_everything(0)
-        return RLOO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, reward=CountdownReward())
+        reward = CountdownReward() if source == "countdown" else FunctionReward("lit_rl.tasks.countdown:countdown")
+        return RLOO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, reward=reward)
 
     def data():
-        return CountdownData(batch_size=2, train_size=64, val_size=4)
+        if source == "countdown":
+            return CountdownData(batch_size=2, train_size=64, val_size=4)
+        return PromptData("builtin:countdown-prompts.jsonl", batch_size=2)
 
     def read(directory):
         return [json.loads(line) for line in (directory / "completions.jsonl").read_text().splitlines()]
