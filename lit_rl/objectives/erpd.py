@@ -79,7 +79,8 @@ def sample_kl(logps: Tensor, base_logps: Tensor, mask: Tensor, estimator: KLEsti
     """``KL[pi || pi_base]`` estimated on samples drawn from the current policy ``pi``: the token mean of a
     per-token estimator (:func:`~lit_rl.objectives.kl.kl_penalty`). ``k3 = r - log r - 1`` with
     ``r = pi_base / pi`` (the default) is unbiased and never negative; ERPD sec. 4.1 reads ``k1 = log pi -
-    log pi_base``, also unbiased but negative on small samples. k2 and k3 are clamped at 0 per token: in float32
+    log pi_base``, also unbiased but negative on small samples. ``d = log pi_base - log pi`` is clamped to +-20 as
+    in ``kl_penalty``; k2 and k3 are clamped at 0 per token: in float32
     ``exp(d) - d - 1`` rounds below zero for ``|d|`` under ~1e-7. ``[B, T] -> []``."""
     m = mask.to(logps.dtype)
     per_token = kl_penalty(logps, base_logps, estimator)                # [B, T]
