@@ -30,7 +30,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 LOSSES = {"ce": "erpd.yaml", "sapo": "erpd_sapo.yaml", "grpo": "erpd_grpo.yaml", "mse": "erpd_mse.yaml"}
-CONFIG_ROWS = 32 * 8                                                   # the fixed batch the shipped configs are written for
+CONFIG_ROWS = 32 * 8                                                   # the batch the shipped configs are written for
 
 
 def stage_length(teacher, rows: int) -> int:
@@ -45,7 +45,8 @@ def scale_unlearned(teachers: list, rows: int) -> list | None:
         if teacher.strategy == 2:
             length = stage_length(teacher, rows)
             share = teacher.unlearned_step / stage_length(teacher, CONFIG_ROWS)
-            teacher = dataclasses.replace(teacher, unlearned_step=min(max(1, round(share * length)), max(1, length - 1)))
+            step = min(max(1, round(share * length)), max(1, length - 1))
+            teacher = dataclasses.replace(teacher, unlearned_step=step)
         scaled.append(teacher)
     return scaled if scaled != list(teachers) else None
 

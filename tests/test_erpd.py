@@ -201,7 +201,7 @@ def test_resume_mid_stage_2_reproduces_the_uninterrupted_run(tiny_model_dir, tmp
 
 
 @pytest.mark.parametrize("unlearned_step, match", [
-    (9, r"teachers\[0\]\.unlearned_step=9 makes pi_un past the end of the teacher's stage: teacher 0 runs 2 steps"),
+    (9, r"teachers\[0\]\.unlearned_step=9 makes pi_un past the end of its stage: teacher 0 runs 2 steps"),
     (2, r"teachers\[0\]\.unlearned_step=2 makes pi_un the teacher itself: teacher 0 runs 2 steps \(epochs 2 x "
         r"ceil\(4 rows / mini_batch_size 4\)\).*choose unlearned_step < 2"),
 ])
@@ -344,3 +344,15 @@ def test_erpd_runs_from_yaml_end_to_end(tmp_path, tiny_model_dir):
     assert [(h["stage"], h.get("strategy")) for h in history] == [("base", None), ("teacher", 2), ("student", None)]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "erpd" / "iteration1" / "teacher0" / "step1" / "config.json").is_file()   # a saved teacher step
+
+
+def test_the_benchmark_keeps_pi_un_at_the_configs_share_of_a_shorter_teacher_stage():
+    """``benchmarks/erpd.py --quick``: 64 rows give erpd_mse.yaml's teacher 2 x ceil(64 / 32) = 4 steps, where its
+    ``unlearned_step: 4`` (a quarter of the configs' 16) would be the teacher itself; a quarter of 4 is step 1."""
+    from benchmarks.erpd import scale_unlearned
+
+    mse, ce = Teacher(loss="mse", epochs=2, mini_batch_size=32, strategy=2, unlearned_step=4), Teacher(loss="ce")
+    assert scale_unlearned([ce, mse], 16 * 4) == [ce, Teacher(loss="mse", epochs=2, mini_batch_size=32, strategy=2,
+                                                               unlearned_step=1)]
+    assert scale_unlearned([ce, mse], 32 * 8) is None                  # the configs' own batch: unchanged
+    assert scale_unlearned([mse], 64 * 8)[0].unlearned_step == 8        # a 32-step stage: step 8

@@ -29,7 +29,7 @@ class ERPDStages:
         for k, teacher in enumerate(self.teachers):
             length = teacher.epochs * -(-len(self.rollout) // teacher.mini_batch_size)
             if teacher.strategy == 2 and self.student_steps > 0 and teacher.unlearned_step >= length:
-                where = "the teacher itself" if teacher.unlearned_step == length else "past the end of the teacher's stage"
+                where = "the teacher itself" if teacher.unlearned_step == length else "past the end of its stage"
                 raise ValueError(
                     f"teachers[{k}].unlearned_step={teacher.unlearned_step} makes pi_un {where}: teacher {k} runs "
                     f"{length} steps (epochs {teacher.epochs} x ceil({len(self.rollout)} rows / mini_batch_size "
