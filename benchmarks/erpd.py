@@ -7,15 +7,21 @@ Table 2 (iterations with and without distillation). One line per row: ``METHOD a
 
 Every run starts from ``builtin:countdown-sft`` with seed 0, so all teacher losses train on the same fixed
 rollout batch (``--prompts`` x ``--group-size`` samples at temperature 1). Accuracy: greedy decoding on
-``--eval-size`` held-out puzzles. KL: ``KL(policy || base)`` as the paper measures it, the token mean of
-``log pi - log pi_base`` on the policy's own samples (``kl_samples`` per prompt of the fixed batch).
+``--eval-size`` held-out puzzles. KL: ``KL(policy || base)`` on the policy's own samples (``kl_samples`` per
+prompt of the fixed batch), the k3 estimate (unbiased and never negative; the paper's k1, the token mean of
+``log pi - log pi_base``, is unbiased too but reads negative on small samples).
 Table 1 uses ``cli_configs/erpd.yaml`` (CE), ``erpd_sapo.yaml``, ``erpd_grpo.yaml`` and ``erpd_mse.yaml``
-(strategy 2: the signal is ``log pi_e - log pi_un``); Table 2 iterates the config of ``--iteration-loss`` with
+(strategy 2: the signal is ``log pi_e - log pi_un``). The configs are written for 32 prompts x 8 samples; on
+another batch a strategy-2 teacher's ``unlearned_step`` keeps its share of the teacher's stage (``--quick``:
+a 4-step MSE stage takes ``pi_un`` after 1 step, not 4, the last, which would make ``pi_un`` the teacher
+itself); each change is printed. Table 2 iterates the config of ``--iteration-loss`` with
 its distillation and again with ``student_steps: 0`` (each teacher becomes the next ``pi_old``). The first
 iteration with distillation is the same computation as that loss's Table 1 run, so it is run once.
 """
 
 import argparse
+import dataclasses
+import json
 import math
 import os
 import time
@@ -24,6 +30,25 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 LOSSES = {"ce": "erpd.yaml", "sapo": "erpd_sapo.yaml", "grpo": "erpd_grpo.yaml", "mse": "erpd_mse.yaml"}
+CONFIG_ROWS = 32 * 8                                                   # the batch the shipped configs are written for
+
+
+def stage_length(teacher, rows: int) -> int:
+    return teacher.epochs * math.ceil(rows / teacher.mini_batch_size)
+
+
+def scale_unlearned(teachers: list, rows: int) -> list | None:
+    """The teachers with each strategy-2 ``unlearned_step`` moved to the same share of its stage on ``rows``
+    rows as on the configs' ``CONFIG_ROWS`` (at least step 1, before the last step); ``None`` if none moves."""
+    scaled = []
+    for teacher in teachers:
+        if teacher.strategy == 2:
+            length = stage_length(teacher, rows)
+            share = teacher.unlearned_step / stage_length(teacher, CONFIG_ROWS)
+            step = min(max(1, round(share * length)), max(1, length - 1))
+            teacher = dataclasses.replace(teacher, unlearned_step=step)
+        scaled.append(teacher)
+    return scaled if scaled != list(teachers) else None
 
 
 def run(config: str, iterations: int, args: argparse.Namespace, extra: list[str]) -> list[dict]:
@@ -37,6 +62,16 @@ def run(config: str, iterations: int, args: argparse.Namespace, extra: list[str]
                  "--model.init_args.group_size", str(args.group_size), *extra]
     cli = LitRLCLI(run=False, args=["--config", str(ROOT / "cli_configs" / config), *overrides])
     module, rows = cli.model, args.prompts * args.group_size
+    own_teachers = any(a.startswith("--model.init_args.teachers") for a in extra)   # a user's teachers: as given
+    if not own_teachers and (scaled := scale_unlearned(module.teachers, rows)) is not None:
+        for k, (old, new) in enumerate(zip(module.teachers, scaled)):
+            if old != new:
+                print(f"# {config}: teachers[{k}].unlearned_step {old.unlearned_step} -> {new.unlearned_step} "
+                      f"(a {stage_length(new, rows)}-step stage on {rows} rows)", flush=True)
+        teachers = json.dumps([dataclasses.asdict(t) for t in scaled])
+        cli = LitRLCLI(run=False, args=["--config", str(ROOT / "cli_configs" / config), *overrides,
+                                        "--model.init_args.teachers", teachers])
+        module = cli.model
     per_iteration = sum(t.epochs * math.ceil(rows / t.mini_batch_size) for t in module.teachers)
     per_iteration += module.student_steps * (len(module.teachers) if module.ensemble == "sequential" else 1)
     cli.trainer.fit_loop.epoch_loop.max_steps = iterations * (per_iteration + module.online_steps)

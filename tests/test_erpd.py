@@ -103,6 +103,21 @@ def test_every_teacher_loss_trains(tiny_model_dir, loss):
         assert module.rollout.values is not None and module.rollout.returns is not None
 
 
+def test_kl_to_base_is_k3_and_never_negative_where_k1_is(tiny_model_dir):
+    """A teacher and a student at lr 1e-4 barely move from the base: on their 2 own samples (2 prompts x
+    ``kl_samples`` 1) the paper's k1 mean of ``log pi - log pi_base`` lands below zero (the construction,
+    checked first); ``train/kl_base``, the k3 estimate of the same samples, does not."""
+    torch.manual_seed(0)
+    module = erpd(tiny_model_dir, teachers=[Teacher(loss="ce", epochs=1, mini_batch_size=4, lr=1e-4)], student_lr=1e-4)
+    trainer = fit(module, 1 + 2 + 1)                                   # teacher, student, iteration 2's teacher
+    records = module.history[1:]                                       # the base's own KL is exactly 0
+    assert [(r["iteration"], r["stage"]) for r in records] == [(1, "teacher"), (1, "student"), (2, "teacher")]
+    assert min(r["kl_base_k1"] for r in records) < 0, "the construction no longer gives a negative k1"
+    assert all(r["kl_base"] > 0 for r in records)                     # k3: the policies moved, and it cannot go below 0
+    student = records[1]                                               # logged when iteration 2 began
+    assert trainer.callback_metrics["train/kl_base"].item() == pytest.approx(student["kl_base"])
+
+
 def test_no_distillation_keeps_the_teacher_and_strategy_3_uses_an_earlier_student(tiny_model_dir):
     torch.manual_seed(0)
     module = erpd(tiny_model_dir, teachers=[Teacher(loss="ce", epochs=1, mini_batch_size=4, strategy=3,
@@ -136,11 +151,11 @@ def test_strategy_2_divides_by_the_unlearned_checkpoint(tiny_model_dir):
 ])
 def test_teacher_ensembles(tiny_model_dir, ensemble, stages):
     torch.manual_seed(0)
-    teachers = [Teacher(loss="ce", epochs=1, mini_batch_size=4), Teacher(loss="mse", epochs=1, mini_batch_size=4,
+    teachers = [Teacher(loss="ce", epochs=1, mini_batch_size=4), Teacher(loss="mse", epochs=2, mini_batch_size=4,
                                                                          strategy=2, unlearned_step=1, weight=0.5)]
     module = erpd(tiny_model_dir, teachers=teachers, ensemble=ensemble, student_steps=1)
     assert module.stages() == stages
-    fit(module, 2)                                                      # both teachers; then the first student stage
+    fit(module, 1 + 2)                                                  # both teachers; then the first student stage
     assert module.stage == stages[2] and set(module.signals) == {0, 1}
     mask = module.rollout.completion_mask.bool()
     assert module.rollout.advantages[mask].std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
@@ -185,12 +200,45 @@ def test_resume_mid_stage_2_reproduces_the_uninterrupted_run(tiny_model_dir, tmp
     assert resumed.iteration == 2 and len(resumed.history) == 3        # base, teacher, student
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"teachers": [Teacher(loss="ce", epochs=1, mini_batch_size=4, strategy=2, unlearned_step=9)]}, "unlearned_step"),
+@pytest.mark.parametrize("unlearned_step, match", [
+    (9, r"teachers\[0\]\.unlearned_step=9 makes pi_un past the end of its stage: teacher 0 runs 2 steps"),
+    (2, r"teachers\[0\]\.unlearned_step=2 makes pi_un the teacher itself: teacher 0 runs 2 steps \(epochs 2 x "
+        r"ceil\(4 rows / mini_batch_size 4\)\).*choose unlearned_step < 2"),
 ])
-def test_a_pi_un_past_the_stage_end_is_named(tiny_model_dir, kwargs, match):
+def test_a_pi_un_at_or_past_the_teachers_last_step_is_refused(tiny_model_dir, unlearned_step, match):
+    teacher = Teacher(loss="mse", epochs=2, mini_batch_size=4, strategy=2, unlearned_step=unlearned_step)
+    module = erpd(tiny_model_dir, teachers=[teacher])
     with pytest.raises(ValueError, match=match):
-        fit(erpd(tiny_model_dir, **kwargs), 1)
+        fit(module, 1)
+    assert module.global_step == 0                                      # refused before any teacher step
+    torch.manual_seed(0)                                                # without distillation pi_un is never used
+    fit(erpd(tiny_model_dir, teachers=[teacher], student_steps=0), 2)
+
+
+class Constant(RewardFunction):
+    """Every sample scores the same: GRPO's group advantages are all zero, so a GRPO teacher cannot move."""
+
+    def __call__(self, completion, meta):
+        return Score(0.5, correct=False)
+
+
+def test_an_all_zero_signal_stops_stage_2_with_a_message(tiny_model_dir):
+    torch.manual_seed(0)
+    module = erpd(tiny_model_dir, teachers=[Teacher(loss="grpo", epochs=2, mini_batch_size=4)], reward=Constant())
+    match = (r"ERPD iteration 1: teacher 0's distillation signal log pi_e - log pi_old is zero on every valid token"
+             r".*stage 2 would train on nothing\. The teacher ran 2 steps and moved at most 0\.00e\+00")
+    with pytest.raises(RuntimeError, match=match):
+        fit(module, 3)                                                  # 2 teacher steps, then the switch
+    assert module.global_step == 2 and module.stage == ("teacher", 0) and not module.signals
+
+
+def test_a_stage_ended_before_pi_un_is_named(tiny_model_dir):
+    torch.manual_seed(0)
+    module = erpd(tiny_model_dir, teachers=[Teacher(loss="ce", epochs=4, mini_batch_size=2, strategy=2,
+                                                    unlearned_step=5)], reward=CountdownReward())
+    switch = ERPDStageSwitch(monitor="val/accuracy", patience=1)       # ends stage 1 after 2 steps (see above)
+    with pytest.raises(RuntimeError, match=r"teacher 0's stage ended after 2 steps, before its unlearned_step=5"):
+        fit(module, 3, callbacks=[switch], limit_val_batches=1, val_check_interval=1)
 
 
 @pytest.mark.parametrize("make, match", [
@@ -296,3 +344,15 @@ def test_erpd_runs_from_yaml_end_to_end(tmp_path, tiny_model_dir):
     assert [(h["stage"], h.get("strategy")) for h in history] == [("base", None), ("teacher", 2), ("student", None)]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "erpd" / "iteration1" / "teacher0" / "step1" / "config.json").is_file()   # a saved teacher step
+
+
+def test_the_benchmark_keeps_pi_un_at_the_configs_share_of_a_shorter_teacher_stage():
+    """``benchmarks/erpd.py --quick``: 64 rows give erpd_mse.yaml's teacher 2 x ceil(64 / 32) = 4 steps, where its
+    ``unlearned_step: 4`` (a quarter of the configs' 16) would be the teacher itself; a quarter of 4 is step 1."""
+    from benchmarks.erpd import scale_unlearned
+
+    mse, ce = Teacher(loss="mse", epochs=2, mini_batch_size=32, strategy=2, unlearned_step=4), Teacher(loss="ce")
+    assert scale_unlearned([ce, mse], 16 * 4) == [ce, Teacher(loss="mse", epochs=2, mini_batch_size=32, strategy=2,
+                                                               unlearned_step=1)]
+    assert scale_unlearned([ce, mse], 32 * 8) is None                  # the configs' own batch: unchanged
+    assert scale_unlearned([mse], 64 * 8)[0].unlearned_step == 8        # a 32-step stage: step 8

@@ -16,6 +16,7 @@ from lit_rl.objectives import (
     deviation_ratio,
     distillation_signal,
     gae,
+    kl_penalty,
     implicit_reward,
     length_adaptive_lambda,
     mask_outliers,
@@ -26,6 +27,7 @@ from lit_rl.objectives import (
     sapo_loss,
     whiten,
 )
+from lit_rl.objectives.erpd import log_ratio_signal, signal_spread
 
 TIGHT = {"rtol": 1e-6, "atol": 1e-6}
 
@@ -222,13 +224,48 @@ def test_combine_signals():
 
 def test_deviation_ratio_and_sample_kl_golden():
     """student - old = [0.1, -0.2, pad], teacher - old = [0.5, 0.5, pad]: (0.1 + 0.2) / (0.5 + 0.5) = 0.3.
-    sample KL: logps [-1, -2], base [-1.5, -1.5]: mean of [0.5, -0.5] = 0."""
+    sample KL, d = base - logps, k1 = -d, k3 = exp(d) - d - 1:
+    1. logps [-1, -2], base [-1.5, -1.5]: d = [-0.5, 0.5]; k1 mean 0; k3 [0.1065307, 0.1487213] -> 0.1276260.
+    2. logps [-1, -1], base [-1.5, -1.75]: d = [-0.5, -0.75]; k1 0.625; k3 [0.1065307, 0.2223666] -> 0.1644486.
+    3. logps [-2, -2], base [-1, -1.5]: d = [1, 0.5]; k1 -0.75 (below zero); k3 [0.7182818, 0.1487213] -> 0.4335015."""
     old = torch.tensor([[-1.0, -1.0, 0.0]])
     mask = torch.tensor([[1, 1, 0]])
     ratio = deviation_ratio(old + torch.tensor([[0.1, -0.2, 9.0]]), old, old + torch.tensor([[0.5, 0.5, 9.0]]), mask)
     assert ratio.item() == pytest.approx(0.3, abs=1e-6)
-    assert sample_kl(torch.tensor([[-1.0, -2.0, 4.0]]), torch.tensor([[-1.5, -1.5, 0.0]]), mask).item() == pytest.approx(0.0, abs=1e-7)
-    assert sample_kl(torch.tensor([[-1.0, -1.0]]), torch.tensor([[-1.5, -1.75]]), torch.ones(1, 2)).item() == pytest.approx(0.625)
+    cases = [(([[-1.0, -2.0, 4.0]], [[-1.5, -1.5, 0.0]], mask), 0.0, 0.1276260),
+             (([[-1.0, -1.0]], [[-1.5, -1.75]], torch.ones(1, 2)), 0.625, 0.1644486),
+             (([[-2.0, -2.0]], [[-1.0, -1.5]], torch.ones(1, 2)), -0.75, 0.4335015)]
+    for (logps, base, m), k1, k3 in cases:
+        logps, base = torch.tensor(logps), torch.tensor(base)
+        assert sample_kl(logps, base, m, "k1").item() == pytest.approx(k1, abs=1e-7)
+        assert sample_kl(logps, base, m).item() == pytest.approx(k3, abs=1e-6)     # k3 is the default
+
+
+def test_sample_kl_k3_is_never_negative_even_where_float32_rounds_below_zero():
+    """d = 2^-24 (base one float32 step above logps = -1): exp(d) rounds to 1, so exp(d) - d - 1 = -d < 0 per
+    token; the mean sample_kl reports is clamped at 0."""
+    logps = torch.full((1, 3), -1.0)
+    base = torch.nextafter(logps, torch.zeros(()))                      # -1 + 2^-24
+    assert (kl_penalty(logps, base, "k3") < 0).all()                    # the rounding this guards against
+    assert sample_kl(logps, base, torch.ones(1, 3)).item() == 0.0
+    g = torch.Generator().manual_seed(0)
+    logps, base = -torch.rand(64, 9, generator=g) * 3, -torch.rand(64, 9, generator=g) * 3
+    for rows in (slice(0, 1), slice(0, 4), slice(None)):               # tiny samples: k1 may go negative, k3 not
+        assert sample_kl(logps[rows], base[rows], torch.ones_like(logps[rows])).item() >= 0.0
+
+
+def test_log_ratio_signal_and_its_spread():
+    """teacher - den = [1, 3, pad]: spread 2; a constant log-ratio has spread 0 and whitens to zero; no valid
+    token: spread 0. distillation_signal is the whitened log_ratio_signal."""
+    teacher, den, mask = torch.tensor([[0.0, 1.0, 7.0]]), torch.tensor([[-1.0, -2.0, 0.0]]), torch.tensor([[1, 1, 0]])
+    raw = log_ratio_signal(teacher, den, mask)
+    assert_close(raw, torch.tensor([[1.0, 3.0, 0.0]]), **TIGHT)
+    assert signal_spread(raw, mask).item() == pytest.approx(2.0)
+    assert_close(distillation_signal(teacher, den, mask), whiten(raw, mask), **TIGHT)
+    constant = log_ratio_signal(teacher, teacher - 0.3, mask)
+    assert signal_spread(constant, mask).item() == pytest.approx(0.0, abs=1e-7)
+    assert signal_spread(raw, torch.zeros_like(mask)).item() == 0.0
+    assert (distillation_signal(teacher, teacher, mask) == 0).all()     # pi_den = pi_e: nothing to distil
 
 
 def test_entropy_with_grad_matches_the_no_grad_entropy_and_a_naive_gradient():

@@ -34,6 +34,13 @@ class ERPD(ERPDStages, RLModule):
     3. Strategy 3 falls back to strategy 1 (logged in the history) while the earlier student does not exist;
        "the student of iteration i" is the policy iteration i ends with.
     4. A simultaneous ensemble sums the weighted whitened signals and whitens the sum again.
+    5. ``train/kl_base`` (KL(current || base) at each stage's end) is the k3 estimate on the policy's own
+       samples, not sec. 4.1's k1 mean of ``log pi - log pi_base``: both are unbiased, but k1 reads negative on
+       small samples. The history keeps k1 as ``kl_base_k1``.
+
+    A strategy-2 ``unlearned_step`` at or past the teacher's last step is refused (``pi_un`` would be the teacher
+    itself), and a teacher whose log-ratio signal is constant on every valid token stops the run at the end of
+    its stage, rather than distilling nothing.
     """
 
     def __init__(self, *, group_size: int = 8, teachers: list[Teacher] | None = None,

@@ -10,9 +10,11 @@ import torch
 
 from lit_rl.modules.erpd_teacher import cpu_state
 from lit_rl.modules.ppo import ppo_advantages
-from lit_rl.objectives import combine_signals, deviation_ratio, distillation_signal, grpo_advantages, sample_kl
+from lit_rl.objectives import combine_signals, deviation_ratio, grpo_advantages, whiten
+from lit_rl.objectives.erpd import log_ratio_signal, sample_kl, signal_spread
 from lit_rl.rollout import RolloutBatch, accuracy
 
+ZERO_SIGNAL = 1e-6   # nats: a log-ratio that varies less than this over the valid tokens whitens to nothing
 STATE = ("iteration", "phase", "stage_step", "old_state", "unlearned", "teacher_logps", "signals", "students",
          "history", "base_lrs")
 
@@ -26,9 +28,13 @@ class ERPDStages:
         self.old_state = cpu_state(self.policy.model)
         for k, teacher in enumerate(self.teachers):
             length = teacher.epochs * -(-len(self.rollout) // teacher.mini_batch_size)
-            if teacher.strategy == 2 and teacher.unlearned_step > length:
-                raise ValueError(f"teachers[{k}].unlearned_step={teacher.unlearned_step} is past the end of its "
-                                 f"stage ({length} steps = epochs x ceil({len(self.rollout)} rows / mini_batch_size))")
+            if teacher.strategy == 2 and self.student_steps > 0 and teacher.unlearned_step >= length:
+                where = "the teacher itself" if teacher.unlearned_step == length else "past the end of its stage"
+                raise ValueError(
+                    f"teachers[{k}].unlearned_step={teacher.unlearned_step} makes pi_un {where}: teacher {k} runs "
+                    f"{length} steps (epochs {teacher.epochs} x ceil({len(self.rollout)} rows / mini_batch_size "
+                    f"{teacher.mini_batch_size})), so strategy 2's signal log pi_e - log pi_un would be zero; "
+                    f"choose unlearned_step < {length}")
         if self.iteration == 1 and not self.history:
             self.record("base", -1, log=True)
         self.enter_stage()
@@ -65,17 +71,40 @@ class ERPDStages:
         record = self.record("teacher", k, log=log)
         if self.student_steps > 0:
             strategy = teacher.strategy if teacher.strategy != 3 or teacher.earlier_student in self.students else 1
+            if strategy == 2 and k not in self.unlearned:
+                raise RuntimeError(f"teacher {k}'s stage ended after {self.stage_step} steps, before its "
+                                   f"unlearned_step={teacher.unlearned_step}: there is no pi_un to divide by "
+                                   f"(a validation criterion ended the stage early?)")
             if strategy == 1:
                 den = rollout.old_logps
             else:
                 self.policy.model.load_state_dict(self.unlearned.pop(k) if strategy == 2
                                                   else self.students[teacher.earlier_student])
                 den = self._rowwise(rollout, logps)
-            self.signals[k] = distillation_signal(self.teacher_logps[k], den, rollout.completion_mask,
-                                                  teacher.outliers, rows=rollout.correct == 1)
+            signal = log_ratio_signal(self.teacher_logps[k], den, rollout.completion_mask, teacher.outliers,
+                                      rows=rollout.correct == 1)
+            self.check_signal(k, strategy, signal)
+            self.signals[k] = whiten(signal, rollout.completion_mask)
             record["strategy"] = strategy
         if self.student_steps > 0 or k < len(self.teachers) - 1:
             self.policy.model.load_state_dict(self.old_state)         # stage 2 (or the next teacher) restarts from pi_old
+
+    def check_signal(self, k: int, strategy: int, signal: torch.Tensor) -> None:
+        """Stop, rather than distil nothing, when teacher ``k``'s log-ratio is constant on every valid token of the
+        fixed batch (its whitened signal is then zero, or rounding noise scaled up to unit variance)."""
+        mask = self.rollout.completion_mask
+        if (spread := float(signal_spread(signal, mask))) > ZERO_SIGNAL:
+            return
+        den = {1: "pi_old", 2: f"pi_un (step {self.teachers[k].unlearned_step})",
+               3: f"the student of iteration {self.teachers[k].earlier_student}"}[strategy]
+        moved = float(((self.teacher_logps[k] - self.rollout.old_logps) * mask).abs().max())
+        raise RuntimeError(
+            f"ERPD iteration {self.iteration}: teacher {k}'s distillation signal log pi_e - log {den} is zero on "
+            f"every valid token (spread {spread:.2e} <= {ZERO_SIGNAL:.0e} over {int(mask.sum())} tokens), so stage 2 "
+            f"would train on nothing. The teacher ran {self.stage_step} steps and moved at most {moved:.2e} from "
+            f"pi_old per token; causes: the denominator is the teacher itself, a teacher that did not move "
+            f"(zero advantages, e.g. every sample of each group scored the same; a zero learning rate), or "
+            f"outliers={self.teachers[k].outliers!r} masking every token")
 
     @torch.no_grad()
     def advance_stage(self, log: bool = True) -> None:
@@ -104,7 +133,9 @@ class ERPDStages:
     @torch.no_grad()
     def record(self, kind: str, k: int, log: bool) -> dict[str, Any]:
         """Held-out accuracy, and KL(current || base) and entropy on the current policy's own samples of the
-        fixed batch's prompts (sec. 4.1's estimator), appended to ``history``."""
+        fixed batch's prompts, appended to ``history``. ``kl_base`` is the k3 estimate (unbiased, never
+        negative); ``kl_base_k1`` is sec. 4.1's token mean of ``log pi - log pi_base`` (unbiased, but negative
+        on small samples)."""
         record: dict[str, Any] = {"iteration": self.iteration, "stage": kind, "teacher": k, "step": self.global_step}
         if (accuracy := self.heldout_accuracy()) is not None:
             record["accuracy"] = accuracy
@@ -117,7 +148,9 @@ class ERPDStages:
         parts = [self.policy.logps(*(f[s:s + size] for f in fields), self.sampling.logit_temperature, entropy=True)
                  for s in range(0, len(own), size)]                    # one forward for log-probs and entropy
         logps, entropy = (torch.cat([p[i] for p in parts]) * mask for i in (0, 1))
-        record["kl_base"] = float(sample_kl(logps, self._rowwise(own, self.policy.reference_logps), mask))
+        base = self._rowwise(own, self.policy.reference_logps)
+        record["kl_base"] = float(sample_kl(logps, base, mask, "k3"))
+        record["kl_base_k1"] = float(sample_kl(logps, base, mask, "k1"))
         record["entropy"] = float(entropy.sum() / mask.sum().clamp(min=1))
         self.history.append(record)
         if log:

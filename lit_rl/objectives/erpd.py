@@ -6,6 +6,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lit_rl.objectives.kl import KLEstimator, kl_penalty
+
 Outliers = Literal["keep", "min", "max"]
 
 
@@ -33,13 +35,28 @@ def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
     return (values - mean) / (std + eps) * m                            # [B, T]
 
 
+def log_ratio_signal(teacher_logps: Tensor, den_logps: Tensor, mask: Tensor, outliers: Outliers = "keep",
+                     rows: Tensor | None = None) -> Tensor:
+    """Stage 2's signal before whitening: ``log pi_e - log pi_den`` on the valid tokens, outliers masked
+    (optional). ``[B, T] -> [B, T]``, detached, zero on padding."""
+    signal = ((teacher_logps - den_logps) * mask).detach()              # [B, T]
+    return mask_outliers(signal, outliers, rows) * mask                 # [B, T]
+
+
 def distillation_signal(teacher_logps: Tensor, den_logps: Tensor, mask: Tensor, outliers: Outliers = "keep",
                         rows: Tensor | None = None) -> Tensor:
     """The fixed token signal of stage 2 (sec. 3.3, 3.4): ``A^ = log pi_e - log pi_den``, outliers masked
     (optional), then whitened over the valid tokens. ``pi_den`` is ``pi_old`` (strategy 1), the unlearned
     ``pi_un`` (strategy 2) or an earlier student (strategy 3). ``[B, T] -> [B, T]``, detached."""
-    signal = ((teacher_logps - den_logps) * mask).detach()              # [B, T]
-    return whiten(mask_outliers(signal, outliers, rows) * mask, mask)  # [B, T]
+    return whiten(log_ratio_signal(teacher_logps, den_logps, mask, outliers, rows), mask)   # [B, T]
+
+
+def signal_spread(signal: Tensor, mask: Tensor) -> Tensor:
+    """``max - min`` of ``signal`` over the valid tokens (0 when there are none). A spread of zero means the
+    whitened signal is zero on every valid token; a spread at rounding level means it is rounding noise
+    blown up to unit variance. ``[B, T] -> []``."""
+    valid = signal[mask.bool()]                                         # [N]
+    return valid.max() - valid.min() if valid.numel() else signal.new_zeros(())
 
 
 def combine_signals(signals: list[Tensor], weights: list[float], mask: Tensor) -> Tensor:
@@ -58,8 +75,14 @@ def deviation_ratio(student_logps: Tensor, old_logps: Tensor, teacher_logps: Ten
     return ((student_logps - old_logps).abs() * m).sum() / ((teacher_logps - old_logps).abs() * m).sum().clamp(min=1e-12)
 
 
-def sample_kl(logps: Tensor, base_logps: Tensor, mask: Tensor) -> Tensor:
-    """ERPD sec. 4.1's KL estimate: ``KL[pi || pi_base] ~ mean over tokens of (l - l_base)`` on samples drawn from
-    the current policy ``pi`` (k1 on its own samples). ``[B, T] -> []``."""
+def sample_kl(logps: Tensor, base_logps: Tensor, mask: Tensor, estimator: KLEstimator = "k3") -> Tensor:
+    """``KL[pi || pi_base]`` estimated on samples drawn from the current policy ``pi``: the token mean of a
+    per-token estimator (:func:`~lit_rl.objectives.kl.kl_penalty`). ``k3 = r - log r - 1`` with
+    ``r = pi_base / pi`` (the default) is unbiased and never negative; ERPD sec. 4.1 reads ``k1 = log pi -
+    log pi_base``, also unbiased but negative on small samples. ``d = log pi_base - log pi`` is clamped to +-20 as
+    in ``kl_penalty``; k2 and k3 are clamped at 0 per token: in float32
+    ``exp(d) - d - 1`` rounds below zero for ``|d|`` under ~1e-7. ``[B, T] -> []``."""
     m = mask.to(logps.dtype)
-    return ((logps - base_logps) * m).sum() / m.sum().clamp(min=1)
+    per_token = kl_penalty(logps, base_logps, estimator)                # [B, T]
+    per_token = per_token if estimator == "k1" else per_token.clamp(min=0.0)
+    return (per_token * m).sum() / m.sum().clamp(min=1)
