@@ -2,6 +2,7 @@
 its config, CSV and TensorBoard logs and checkpoints into its own directory."""
 
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -75,3 +76,20 @@ def test_fit_writes_its_own_run_directory(tmp_path, tiny_model_dir):
     assert learning.SUMMARY.search(result.stdout).group(1) == "rloo"
     exported = Policy.load(str(run_dir / "hf_model"))                     # loads like a hub model
     assert sum(p.numel() for p in exported.parameters()) > 0
+
+
+def test_the_prompt_file_config_runs_and_logs_its_samples(tmp_path, tiny_model_dir):
+    """cli_configs/countdown_prompts.yaml: PromptData on the shipped file, FunctionReward by dotted path, a stop
+    string; the samples are written to completions.jsonl and the output carries no Lightning tip."""
+    result = run_cli("fit", "--config", str(ROOT / "cli_configs" / "countdown_prompts.yaml"), "--trainer.max_steps",
+                     "2", "--model.init_args.model", tiny_model_dir, "--trainer.default_root_dir", str(tmp_path / "runs"),
+                     "--model.init_args.sampling.max_new_tokens", "8", "--data.init_args.batch_size", "2",
+                     "--model.init_args.val_sampling.max_new_tokens", "8", "--data.init_args.val_batch_size", "4",
+                     "--trainer.limit_val_batches", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs" / "rloo").iterdir()
+    lines = (run_dir / "completions.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 8 and set(json.loads(lines[0])) == {"step", "prompt", "completion", "reward", "correct",
+                                                                  "components", "advantage"}
+    assert re.search(r"rloo: accuracy \d\.\d{3} -> \d\.\d{3}, mean reward", result.stdout)
+    assert "litlogger" not in result.stdout + result.stderr and "LeafSpec" not in result.stderr

@@ -17,10 +17,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from lit_rl.chat import ChatTemplate, render_prompt
 from lit_rl.export import export_pretrained, merged_state_dict
 from lit_rl.objectives import Aggregation, KLEstimator, aggregate, kl_penalty, policy_gradient_loss, zero_std_groups
 from lit_rl.objectives import logp_diff, truncated_importance_weights
-from lit_rl.chat import ChatTemplate, render_prompt
 from lit_rl.policy import LoraSettings, Policy
 from lit_rl.rewards import Prompt, RewardFunction, score_batch
 from lit_rl.rollout import HFEngine, RolloutBatch, RolloutEngine, Sampling, accuracy
