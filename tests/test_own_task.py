@@ -144,3 +144,21 @@ def test_the_completion_log_resumes_without_duplicates(tiny_model_dir, tmp_path,
     lines = read(resumed)
     assert [line["step"] for line in lines] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert lines == read(straight) == first
+
+
+def test_a_reward_without_correctness_reports_no_accuracy(tiny_model_dir, tmp_path, monkeypatch):
+    """A reward function returning plain floats has no notion of correctness: no rollout/accuracy or val/accuracy
+    is logged (rather than an accuracy of 0), and the reward means are."""
+    (tmp_path / "plain_rewards.py").write_text("def digits(prompts, completions, **columns):\n"
+                                               "    return [sum(ch.isdigit() for ch in c) / 8 for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = PromptData("builtin:countdown-prompts-val.jsonl", batch_size=2, val_fraction=0.01)
+    seed_everything(0)
+    module = RLOO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, reward=FunctionReward("plain_rewards:digits"),
+                  val_sampling=Sampling(temperature=0.0, max_new_tokens=8))
+    record = Record()
+    fit(module, data, 1, [record])
+    assert "rollout/reward_mean" in record.metrics[0] and "rollout/accuracy" not in record.metrics[0]
+    results = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).validate(module, datamodule=data,
+                                                                                          verbose=False)[0]
+    assert "val/reward_mean" in results and "val/accuracy" not in results
