@@ -4,7 +4,8 @@ from lit_rl.callbacks import CompletionLog, GroupAdvantage, KLEntropyTracker, Ro
 from lit_rl.chat import render_prompt
 from lit_rl.data import PromptData
 from lit_rl.modules import (
-    DPO, GRPO, IPO, REBEL, REINFORCE, RLOO, SFT, TOPR, ListwiseModule, MultiCompletion, PolicyModule, ReMax, RLModule,
+    DPO, GRPO, IPO, REBEL, REINFORCE, RLOO, SFT, TOPR, ListwiseModule, MultiCompletion, PolicyModule, ReMax, RewardModelTraining,
+    RLModule,
 )
 from lit_rl.offline import OfflineData
 from lit_rl.policy import LoraSettings, Policy
@@ -24,6 +25,6 @@ __all__ = [
     "GRPO", "RLOO", "REINFORCE", "SFT", "CountdownData", "CountdownReward", "Generation", "GroupAdvantage",
     "HFEngine", "KLEntropyTracker", "LoraSettings", "Policy", "PolicyModule", "RLModule", "ReMax", "RewardFunction",
     "RolloutBatch", "RolloutEngine", "RolloutRefresh", "Sampling", "Score", "VLLMEngine",
-    "CompletionLog", "FormatReward", "FunctionReward", "MathReward", "PromptData", "RewardModel", "Rewards", "render_prompt",
+    "CompletionLog", "FormatReward", "FunctionReward", "MathReward", "PromptData", "RewardModel", "RewardModelTraining", "Rewards", "render_prompt",
 ]
 __all__ += ["ERPD", "ERPDStageSwitch", "PPO", "Teacher"]

@@ -14,17 +14,19 @@ from lit_rl.policy import resolve
 from lit_rl.rewards.base import Columns, Prompt, RewardFunction, Score
 
 
-def load_reward_model(name_or_path: str, dtype: str = "float32") -> tuple[Any, Any]:
+def load_reward_model(name_or_path: str, dtype: str = "float32", new_head: bool = False) -> tuple[Any, Any]:
     """The model and tokenizer of ``name_or_path`` (a directory, a hub id or ``builtin:NAME``), or a named error:
-    a path that does not exist, a model with more than one label. A tokenizer without a pad token pads with its
-    EOS token (the score is read at the last real token, so the pad id only has to differ from that token)."""
+    a path that does not exist, a model with more than one label. ``new_head`` (training) loads any base model
+    with a one-label head (fresh if it had none). A tokenizer without a pad token pads with its EOS token (the
+    score is read at the last real token, so the pad id only has to differ from that token)."""
     path = resolve(name_or_path)
     looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
     if looks_local and not os.path.isdir(os.path.expanduser(path)):
         raise FileNotFoundError(f"reward model {name_or_path!r}: no such directory")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype))
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype),
+                                                                   **({"num_labels": 1} if new_head else {}))
     except OSError as err:
         raise FileNotFoundError(f"reward model {name_or_path!r} is neither a directory nor a hub model available "
                                 f"here ({err})") from None
@@ -38,6 +40,41 @@ def load_reward_model(name_or_path: str, dtype: str = "float32") -> tuple[Any, A
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id                  # where HF reads the score: last non-pad token
     return model.eval().requires_grad_(False), tokenizer
+
+
+def reward_inputs(tokenizer: Any, prompts: list[Prompt], completions: list[str], chat: dict[str, Any],
+                  max_length: int | None, eos_id: int | None) -> list[list[int]]:
+    """Token ids of each ``render(prompt) + completion (+ EOS)``, the prompt cut from the left to fit ``max_length``
+    (the completion never: one that alone is longer is an error). Shared by scoring and training, so a reward
+    model sees at inference exactly the texts it was trained on."""
+    rows = []
+    for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+        head = tokenizer(render_prompt(tokenizer, prompt, **chat), add_special_tokens=False)["input_ids"]
+        tail = tokenizer(completion, add_special_tokens=False)["input_ids"] + ([eos_id] if eos_id is not None else [])
+        if max_length is not None and len(head) + len(tail) > max_length:
+            room = max_length - len(tail)
+            if room < 0:
+                raise ValueError(f"completion {i} has {len(tail)} tokens, more than max_length={max_length}; "
+                                 f"completions are never cut, raise max_length")
+            head = head[len(head) - room:]
+        rows.append(head + tail)
+    return rows
+
+
+def pad_right(rows: list[list[int]], pad_id: int, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask ``[B, T]`` (HF reads a classifier's score at the last non-pad token)."""
+    width = max(1, max(map(len, rows)))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, row in enumerate(rows):
+        ids[j, :len(row)], mask[j, :len(row)] = torch.tensor(row, dtype=torch.long), 1
+    return ids.to(device), mask.to(device)
+
+
+def eos_to_append(tokenizer: Any, append_eos: bool) -> int | None:
+    """The EOS id to end texts with, unless it is also the pad id (HF would take it for padding)."""
+    eos = tokenizer.eos_token_id
+    return eos if append_eos and eos is not None and eos != tokenizer.pad_token_id else None
 
 
 class RunningMeanStd:
@@ -118,8 +155,7 @@ class RewardModel(RewardFunction):
         self._model = [model_]                                          # a list: no nn.Module tree ever holds it
         context = getattr(model_.config, "max_position_embeddings", None)
         self.max_length = max_length or context
-        self.eos_id = self.tokenizer.eos_token_id if append_eos and self.tokenizer.eos_token_id is not None and \
-            self.tokenizer.eos_token_id != self.tokenizer.pad_token_id else None
+        self.eos_id = eos_to_append(self.tokenizer, append_eos)
         self.stats, self.updating = RunningMeanStd(), True
 
     @property
@@ -144,20 +180,10 @@ class RewardModel(RewardFunction):
     # ------------------------------------------------------------------------------------------ scoring
     def encode(self, prompts: list[Prompt], completions: list[str]) -> list[list[int]]:
         """Token ids of each ``render(prompt) + completion (+ EOS)``, the prompt cut from the left to fit."""
-        rows = []
-        for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
-            head = self.tokenizer(render_prompt(self.tokenizer, prompt, **self.chat), add_special_tokens=False)
-            tail = self.tokenizer(completion, add_special_tokens=False)["input_ids"]
-            tail = tail + ([self.eos_id] if self.eos_id is not None else [])
-            head = head["input_ids"]
-            if self.max_length is not None and len(head) + len(tail) > self.max_length:
-                room = self.max_length - len(tail)
-                if room < 0:
-                    raise ValueError(f"reward model {self.source!r}: completion {i} has {len(tail)} tokens, more "
-                                     f"than max_length={self.max_length}; completions are never cut, raise max_length")
-                head = head[len(head) - room:]
-            rows.append(head + tail)
-        return rows
+        try:
+            return reward_inputs(self.tokenizer, prompts, completions, self.chat, self.max_length, self.eos_id)
+        except ValueError as err:
+            raise ValueError(f"reward model {self.source!r}: {err}") from None
 
     @torch.inference_mode()
     def raw_scores(self, prompts: list[Prompt], completions: list[str]) -> list[float]:
@@ -165,13 +191,8 @@ class RewardModel(RewardFunction):
         rows, out = self.encode(prompts, completions), []
         device, pad = next(self.model.parameters()).device, self.tokenizer.pad_token_id
         for start in range(0, len(rows), self.micro_batch_size):
-            chunk = rows[start:start + self.micro_batch_size]
-            width = max(map(len, chunk))
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, row in enumerate(chunk):                                 # right padding
-                ids[j, :len(row)], mask[j, :len(row)] = torch.tensor(row), 1
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # [b, 1]
+            ids, mask = pad_right(rows[start:start + self.micro_batch_size], pad, device)
+            logits = self.model(input_ids=ids, attention_mask=mask).logits    # [b, 1]
             out.extend(logits[:, 0].float().tolist())
         return out
 
