@@ -213,3 +213,11 @@ def test_an_rl_step_with_two_reward_models_and_weights_and_a_gold_reward(tiny_mo
     assert "rollout/accuracy" not in metrics                              # the proxy judges no correctness
     assert rollout.correct.isnan().all() and not rollout.gold_correct.isnan().any()
     assert {"val/gold_accuracy", "val/gold_reward_mean", "val/reward_mean"} <= set(trainer.callback_metrics)
+
+
+def test_the_shipped_countdown_reward_model_loads():
+    rm = RewardModel("builtin:countdown-rm")
+    assert rm.model.config.num_labels == 1 and rm.eos_id == rm.tokenizer.eos_token_id
+    prompt = "Using the numbers [3, 5, 9], create an equation that equals 17.\n"
+    scores = rm.score([prompt] * 2, ["<answer>3 + 5 + 9</answer>", "<answer>3 * 5 - 9</answer>"], {})
+    assert all(isinstance(s.reward, float) for s in scores)
