@@ -4,11 +4,13 @@ from lit_rl.callbacks import CompletionLog, GroupAdvantage, KLEntropyTracker, Ro
 from lit_rl.chat import render_prompt
 from lit_rl.data import PromptData
 from lit_rl.modules import (
-    DPO, GRPO, IPO, REBEL, REINFORCE, RLOO, SFT, TOPR, ListwiseModule, MultiCompletion, PolicyModule, ReMax, RLModule,
+    DPO, GRPO, IPO, REBEL, REINFORCE, RLOO, SFT, TOPR, ListwiseModule, MultiCompletion, PolicyModule, ReMax, RewardModelTraining,
+    RLModule,
 )
 from lit_rl.offline import OfflineData
 from lit_rl.policy import LoraSettings, Policy
 from lit_rl.rewards import FormatReward, FunctionReward, MathReward, RewardFunction, Rewards, Score
+from lit_rl.rewards.model import RewardModel
 from lit_rl.rollout import Generation, HFEngine, RolloutBatch, RolloutEngine, Sampling
 from lit_rl.tasks.countdown import CountdownData, CountdownReward
 from lit_rl.vllm_engine import VLLMEngine
@@ -23,6 +25,6 @@ __all__ = [
     "GRPO", "RLOO", "REINFORCE", "SFT", "CountdownData", "CountdownReward", "Generation", "GroupAdvantage",
     "HFEngine", "KLEntropyTracker", "LoraSettings", "Policy", "PolicyModule", "RLModule", "ReMax", "RewardFunction",
     "RolloutBatch", "RolloutEngine", "RolloutRefresh", "Sampling", "Score", "VLLMEngine",
-    "CompletionLog", "FormatReward", "FunctionReward", "MathReward", "PromptData", "Rewards", "render_prompt",
+    "CompletionLog", "FormatReward", "FunctionReward", "MathReward", "PromptData", "RewardModel", "RewardModelTraining", "Rewards", "render_prompt",
 ]
 __all__ += ["ERPD", "ERPDStageSwitch", "PPO", "Teacher"]

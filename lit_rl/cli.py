@@ -7,13 +7,12 @@ import time
 import warnings
 from pathlib import Path
 
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 
-from lit_rl.modules import PolicyModule
 
 
 class LitRLCLI(LightningCLI):
@@ -25,7 +24,7 @@ class LitRLCLI(LightningCLI):
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("trainer_defaults", {"enable_model_summary": False})
-        super().__init__(PolicyModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                          **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -61,13 +60,24 @@ class LitRLCLI(LightningCLI):
         if self._before is None or self.trainer.interrupted:
             return
         after = self._validate()
+        name = type(self.model).__name__.lower()
+        if "val/rm_accuracy" in after:                                  # a reward model's held-out pairs
+            self._report(f"{name}: held-out pairwise accuracy {self._before['val/rm_accuracy']:.3f} -> "
+                         f"{after['val/rm_accuracy']:.3f}, margin {after['val/rm_margin']:.3f}, "
+                         f"{self.trainer.global_step} steps, {seconds:.0f} s")
+            return
         if "val/reward_mean" not in after:                              # no held-out data
             return
-        name = type(self.model).__name__.lower()
         accuracy = (f"accuracy {self._before['val/accuracy']:.3f} -> {after['val/accuracy']:.3f}, "
                     if "val/accuracy" in after else "")                 # a reward that judges correctness
         line = (f"{name}: {accuracy}mean reward {self._before['val/reward_mean']:.3f} -> "
                 f"{after['val/reward_mean']:.3f}, {self.trainer.global_step} steps, {seconds:.0f} s")
+        if "val/gold_accuracy" in after:                                # RLHF: the verifier beside the proxy
+            line += (f", gold accuracy {self._before['val/gold_accuracy']:.3f} -> "
+                     f"{after['val/gold_accuracy']:.3f}")
+        self._report(line)
+
+    def _report(self, line: str) -> None:
         if self.trainer.is_global_zero:
             print(line, flush=True)
             if self.trainer.log_dir is not None:

@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
 
-from lit_rl.data import ResumableBatches
+from lit_rl.data import ResumableBatches, collate
 from lit_rl.policy import resolve
 from lit_rl.rewards import RewardFunction, score_batch
 from lit_rl.rows import check_prompt, completion_text, read_rows
@@ -114,6 +115,7 @@ class OfflineData(LightningDataModule):
         behaviour_temperature: float = 1.0,
         validation: LightningDataModule | None = None,
         seed: int = 0,
+        val_fraction: float = 0.0,
     ) -> None:
         """
         Args:
@@ -127,6 +129,8 @@ class OfflineData(LightningDataModule):
             validation: DataModule whose ``val_dataloader`` is used (e.g. ``lit_rl.PromptData`` with held-out
                 prompts); none by default (no validation).
             seed: the order of training batches.
+            val_fraction: hold out this share of the prompts (whole groups, drawn from ``seed``) as validation
+                batches of stored groups (e.g. a reward model's held-out pairs); instead of ``validation``.
         """
         super().__init__()
         if batch_size < 1:
@@ -134,6 +138,11 @@ class OfflineData(LightningDataModule):
         self.path, self.batch_size, self.reward, self.seed = path, batch_size, reward, seed
         self.behaviour_model, self.behaviour_temperature = behaviour_model, behaviour_temperature
         self.validation = validation
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1) (got {val_fraction})")
+        if val_fraction and validation is not None:
+            raise ValueError("give OfflineData either val_fraction or a validation DataModule, not both")
+        self.val_fraction = val_fraction
 
     def setup(self, stage: str | None = None) -> None:
         if self.validation is not None:
@@ -149,6 +158,12 @@ class OfflineData(LightningDataModule):
                 g["rewards"], g["correct"] = [s.reward for s in scores], [s.correct for s in scores]
         if self.behaviour_model is not None and any(g["behaviour_logps"] is None for g in self.groups):
             add_behaviour_logps(self.groups, self.behaviour_model, self.behaviour_temperature, self.path)
+        self.val_groups: list[Group] = []
+        if self.val_fraction:
+            order = torch.randperm(len(self.groups), generator=torch.Generator().manual_seed(self.seed)).tolist()
+            held = set(order[:max(1, round(self.val_fraction * len(self.groups)))])
+            self.val_groups = [g for i, g in enumerate(self.groups) if i in held]
+            self.groups = [g for i, g in enumerate(self.groups) if i not in held]
 
     @property
     def group_size(self) -> int:
@@ -158,6 +173,8 @@ class OfflineData(LightningDataModule):
         return ResumableBatches(self.groups, self.batch_size, self.seed)
 
     def val_dataloader(self) -> Any:
+        if self.val_groups:
+            return DataLoader(self.val_groups, batch_size=self.batch_size, collate_fn=collate)
         return [] if self.validation is None else self.validation.val_dataloader()
 
 

@@ -140,6 +140,8 @@ class RolloutBatch:
     is_weights: Tensor | None = None                                    # [B, C], truncated importance weights
     prompts: list[Any] = field(default_factory=list)                    # [B], text or chat messages
     components: dict[str, Tensor] = field(default_factory=dict)         # name -> [B]
+    gold_scores: Tensor | None = None                                   # [B], logged, never trained on
+    gold_correct: Tensor | None = None                                  # [B] float: 1, 0, NaN
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]

@@ -36,6 +36,16 @@ def check_finite(value: Tensor, what: str, step: int) -> None:
                                  f"step {step}: training stopped; the checkpoints on disk hold the last good weights")
 
 
+def gold_metrics(rollout: RolloutBatch) -> dict[str, Tensor]:
+    """``reward_mean`` and (when the gold reward judges correctness) ``accuracy`` of the gold reward."""
+    if rollout.gold_scores is None:
+        return {}
+    metrics = {"reward_mean": rollout.gold_scores.mean()}
+    if (share := accuracy(rollout.gold_correct)) is not None:
+        metrics["accuracy"] = share
+    return metrics
+
+
 class PolicyModule(LightningModule):
     """Policy, optimizer, sampling and held-out validation shared by every lit-rl module."""
 
@@ -53,6 +63,7 @@ class PolicyModule(LightningModule):
         chat_template: ChatTemplate = "auto",
         system_prompt: str | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
+        gold_reward: RewardFunction | None = None,
     ) -> None:
         """
         Args:
@@ -70,11 +81,14 @@ class PolicyModule(LightningModule):
                 never (plain-text prompts as they are).
             system_prompt: a system message put before each prompt's messages (kept out when a prompt has its own).
             chat_template_kwargs: extra template variables, e.g. ``{enable_thinking: false}``.
+            gold_reward: a reward that is scored and logged beside ``reward`` but never trained on (RLHF against
+                a learned reward model with the task's verifier as the gold: ``gold/reward_mean``,
+                ``gold/accuracy`` on rollouts, ``val/gold_reward_mean``, ``val/gold_accuracy`` held out).
         """
         super().__init__()
-        self.save_hyperparameters(ignore=["reward", "optimizer", "lr_scheduler", "engine"])
+        self.save_hyperparameters(ignore=["reward", "gold_reward", "optimizer", "lr_scheduler", "engine"])
         self.policy = Policy.load(model, dtype, lora, gradient_checkpointing)
-        self.reward_fn = reward
+        self.reward_fn, self.gold_reward_fn = reward, gold_reward
         self.optimizer_fn, self.lr_scheduler_fn = optimizer, lr_scheduler
         self.engine = engine if engine is not None else HFEngine()
         self.engine.bind(self.policy.model, self.policy.tokenizer)
@@ -105,14 +119,26 @@ class PolicyModule(LightningModule):
 
     def score(self, prompts: list[Prompt], texts: list[str], metas: list[dict],
               device: torch.device) -> dict[str, Any]:
-        """The reward's scores as the rollout batch's ``scores``, ``correct`` (NaN: not judged) and ``components``."""
+        """The reward's scores as the rollout batch's ``scores``, ``correct`` (NaN: not judged) and ``components``,
+        and the gold reward's as ``gold_scores`` and ``gold_correct``. Rewards holding a model are bound to the
+        policy's device and dtype first, and told whether this is training (running statistics update then)."""
+        dtype = next(self.policy.parameters()).dtype
+        for reward in (self.reward_fn, self.gold_reward_fn):
+            if callable(bind := getattr(reward, "bind", None)):
+                bind(device, dtype, self.training)
         scores = score_batch(self.reward_fn, prompts, texts, metas)
+        gold = {}
+        if self.gold_reward_fn is not None:
+            golds = score_batch(self.gold_reward_fn, prompts, texts, metas)
+            gold = {"gold_scores": torch.tensor([s.reward for s in golds], dtype=torch.float32, device=device),
+                    "gold_correct": torch.tensor([float("nan") if s.correct is None else float(s.correct)
+                                                  for s in golds], device=device)}
         names = list(dict.fromkeys(k for s in scores for k in (s.components or {})))
         return {"scores": torch.tensor([s.reward for s in scores], dtype=torch.float32, device=device),
                 "correct": torch.tensor([float("nan") if s.correct is None else float(s.correct) for s in scores],
                                         device=device),
                 "components": {k: torch.tensor([(s.components or {}).get(k, float("nan")) for s in scores],
-                                               device=device) for k in names}}
+                                               device=device) for k in names}, **gold}
 
     def replay(self, batch: dict[str, list]) -> RolloutBatch:
         """A rollout batch from stored groups (:class:`lit_rl.OfflineData`): the data's completions, rewards and
@@ -179,8 +205,13 @@ class PolicyModule(LightningModule):
         # Sampling draws from these generators: saving them makes a resumed run draw what the original would have.
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
                                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        # A reward's own state (RewardModel's running normalisation) lives outside the module tree: save it here.
+        if callable(state := getattr(self.reward_fn, "state_dict", None)) and (reward_state := state()):
+            checkpoint["reward_state"] = reward_state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "reward_state" in checkpoint:
+            self.reward_fn.load_state_dict(checkpoint["reward_state"])
         if states := checkpoint.get("rng_states"):
             torch.set_rng_state(states["torch"])
             random.setstate(states["python"])
@@ -203,6 +234,9 @@ class PolicyModule(LightningModule):
             self.log("val/accuracy", self.val_accuracy, prog_bar=True, batch_size=int(judged.sum()))
         self.val_reward.update(rollout.scores)
         self.log("val/reward_mean", self.val_reward, prog_bar=not judged.any(), batch_size=len(rollout))
+        for key, value in gold_metrics(rollout).items():
+            self.log(f"val/gold_{key}", value, batch_size=len(rollout) if key == "reward_mean"
+                     else int((~rollout.gold_correct.isnan()).sum()))
 
 
 class RLModule(PolicyModule):
@@ -399,6 +433,7 @@ class RLModule(PolicyModule):
         for name, values in rollout.components.items():                 # the parts of a combined reward
             if not values.isnan().all():
                 metrics[f"reward/{name}_mean"] = values.nanmean()
+        metrics.update({f"gold/{k}": v for k, v in gold_metrics(rollout).items()})
         if rollout.group_size > 1:
             metrics["rollout/frac_zero_std_groups"] = zero_std_groups(scores, rollout.group_size).float().mean()
         self.log_dict(metrics, batch_size=size)

@@ -24,6 +24,7 @@ from lit_rl.objectives.importance import logp_diff, truncated_importance_weights
 from lit_rl.objectives.kl import KLEstimator, kl_penalty
 from lit_rl.objectives.losses import clipped_policy_loss, policy_gradient_loss, sft_loss
 from lit_rl.objectives.offpolicy import topr_loss
+from lit_rl.objectives.reward_model import PairMode, bradley_terry_loss, pairwise_accuracy, preference_pairs
 from lit_rl.objectives.preference import (
     best_worst,
     dpo_loss,
@@ -45,3 +46,4 @@ __all__ += [  # ERPD and PPO
     "implicit_reward", "length_adaptive_lambda", "mask_outliers", "mse_loss", "outcome_token_rewards", "sample_kl",
     "sapo_loss", "whiten", "logp_diff", "truncated_importance_weights",
 ]
+__all__ += ["PairMode", "bradley_terry_loss", "pairwise_accuracy", "preference_pairs"]  # reward models

@@ -6,4 +6,13 @@ from lit_rl.rewards.format import FormatReward
 from lit_rl.rewards.function import FunctionReward
 from lit_rl.rewards.math import MathReward
 
-__all__ = ["Columns", "FormatReward", "FunctionReward", "MathReward", "Prompt", "RewardFunction", "Rewards", "Score", "reward_name", "score_batch"]
+__all__ = ["Columns", "FormatReward", "FunctionReward", "MathReward", "Prompt", "RewardFunction", "RewardModel", "Rewards", "Score", "reward_name", "score_batch"]
+
+
+def __getattr__(name: str):
+    # RewardModel renders prompts with lit_rl.chat, which imports this package: load it on first use.
+    if name == "RewardModel":
+        from lit_rl.rewards.model import RewardModel
+
+        return RewardModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -42,6 +42,17 @@ class RewardFunction:
     def __call__(self, completion: str, meta: dict[str, Any]) -> Score | float:
         raise NotImplementedError(f"{type(self).__name__} implements neither score() nor __call__()")
 
+    def bind(self, device: Any, dtype: Any = None, training: bool = True) -> None:
+        """Called by the module before each scoring with the policy's device and dtype and whether it trains:
+        a reward holding a model (:class:`lit_rl.RewardModel`) follows the policy there; others ignore it."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State a resumed run needs (e.g. running normalisation statistics); saved in the module's checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
 
 def reward_name(reward: Any) -> str:
     """``reward.name`` if set, else the class name in snake case without ``Reward`` (``MathReward`` -> ``math``)."""

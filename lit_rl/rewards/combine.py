@@ -2,7 +2,7 @@
 
 import json
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from lit_rl.rewards.base import Columns, Prompt, RewardFunction, Score, checked_scores, reward_name
 
@@ -60,6 +60,21 @@ class Rewards(RewardFunction):
             while name in self.names:
                 name, k = f"{reward_name(reward)}_{k}", k + 1
             self.names.append(name)
+
+    def bind(self, device: Any, dtype: Any = None, training: bool = True) -> None:
+        for reward in self.rewards:
+            if callable(bind := getattr(reward, "bind", None)):
+                bind(device, dtype, training)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Each component's state by its name (components without state are left out)."""
+        states = {n: r.state_dict() for n, r in zip(self.names, self.rewards) if callable(getattr(r, "state_dict", None))}
+        return {n: state for n, state in states.items() if state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, reward in zip(self.names, self.rewards):
+            if name in state:
+                reward.load_state_dict(state[name])
 
     def score(self, prompts: list[Prompt], completions: list[str], columns: Columns) -> list[Score]:
         parts = [checked_scores(r, r.score(prompts, completions, columns), completions, allow_none=True)
