@@ -24,10 +24,23 @@ from lit_rl.resume import RECORD, ResumePlan, kept_rows, pending_row, plan_resum
 class RunRecord(Callback):
     """Writes the run's record into every checkpoint: the full config (what a resume is checked against), the
     validation before training (so a resumed run's summary starts where the run started) and the metrics row
-    of the batch being saved (:func:`lit_rl.resume.pending_row`)."""
+    of the batch being saved (:func:`lit_rl.resume.pending_row`).
 
-    def __init__(self, config: dict[str, Any], summary_before: dict[str, float] | None = None) -> None:
-        self.config, self.summary_before = config, summary_before
+    On a resume it also re-logs that row's values at the first batch: within an epoch Lightning repeats in
+    every row the last value of each metric logged earlier (ERPD's ``erpd/accuracy``, its ``rollout/*`` of
+    the iteration's first step), and a fresh process would otherwise start without them. Values the batch
+    logs itself replace them (this callback runs first, and a metric's own hook logs later)."""
+
+    def __init__(self, config: dict[str, Any], resume: ResumePlan | None = None) -> None:
+        self.config, self.summary_before = config, None
+        self.carried = None if resume is None or resume.pending_row is None else resume.pending_row
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        carried, self.carried = self.carried, None
+        if carried is not None and carried.get("epoch") == trainer.current_epoch:
+            for key, value in carried.items():
+                if key not in ("epoch", "step") and isinstance(value, (int, float)):
+                    pl_module.log(key, float(value), on_step=True, on_epoch=False)
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[RECORD] = {"config": self.config, "summary_before": self.summary_before,
@@ -125,9 +138,9 @@ class LitRLCLI(LightningCLI):
         if config.get("logger") in (None, True):
             kwargs["logger"] = self._run_loggers(config)
         trainer = super().instantiate_trainer(**kwargs)
-        if self.subcommand == "fit":
-            self._record = RunRecord(self._config_dump())
-            trainer.callbacks.append(self._record)
+        if self.subcommand == "fit":                                    # first: see RunRecord.on_train_batch_start
+            self._record = RunRecord(self._config_dump(), self._resume)
+            trainer.callbacks.insert(0, self._record)
         return trainer
 
     def _discard_unstarted_run(self) -> None:
