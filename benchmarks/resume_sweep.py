@@ -150,15 +150,16 @@ def compare(kind: str, straight: Path, resumed: Path) -> list[str]:
     return problems
 
 
-def sweep_one(kind: str, seed: int, work: Path) -> dict:
+def sweep_one(kind: str, seed: int, work: Path, steps: int | None = None) -> dict:
     """Straight, killed, resumed; returns what happened and what differs."""
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    config = small_config(kind, work / f"{kind}.yaml", seed)
+    steps = steps or STEPS[kind]
+    config = small_config(kind, work / f"{kind}.yaml", seed, steps=steps)
     rng = random.Random(f"{kind}-{seed}")
-    after, fraction = rng.randint(2, STEPS[kind] - 2), rng.random()
+    after, fraction = rng.randint(2, steps - 2), rng.random()
     straight, killed = work / "straight", work / "killed"
     run(command(kind, config, straight), work / "straight.log")
     delay = run_and_kill(command(kind, config, killed), kind, killed, after, fraction, work / "killed.log")

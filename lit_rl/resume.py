@@ -138,8 +138,10 @@ def module_mismatch(checkpoint: dict[str, Any], module_class: type, hparams: dic
     saved_class = checkpoint.get(MODULE_KEY) or checkpoint.get("hyper_parameters", {}).get("_class_path")
     if saved_class and saved_class.rsplit(".", 1)[-1] != module_class.__name__:
         return f"the checkpoint was written by {saved_class}, and this module is {module_class.__qualname__}"
-    saved = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k not in ("_class_path", "_instantiator")}
-    current = {k: v for k, v in hparams.items() if k not in ("_class_path", "_instantiator")}
+    # describe(): the CLI saves settings as dicts, Python as dataclasses; compare what they hold
+    saved = {k: describe(v) for k, v in checkpoint.get("hyper_parameters", {}).items()
+             if k not in ("_class_path", "_instantiator")}
+    current = {k: describe(v) for k, v in hparams.items() if k not in ("_class_path", "_instantiator")}
     diffs = [(k, saved.get(k, object()), current.get(k, object())) for k in sorted(set(saved) | set(current))
              if saved.get(k, object()) != current.get(k, object())]
     if diffs:

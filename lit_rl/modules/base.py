@@ -40,7 +40,7 @@ def check_finite(value: Tensor, what: str, step: int) -> None:
                                  f"step {step}: training stopped; the checkpoints on disk hold the last good weights")
 
 
-def check_finite_weights(module: LightningModule, optimizer: Any) -> None:
+def check_finite_weights(module: LightningModule, optimizer: Any, step: int) -> None:
     """After an optimizer step: finite losses and gradients can still give NaN/inf weights (``lr: .inf``, an
     overflowing moment), and the next sample or checkpoint would carry them. One isfinite pass over the stepped
     parameters with a single sync; under FSDP2 each rank checks its shard and the count is summed."""
@@ -52,7 +52,7 @@ def check_finite_weights(module: LightningModule, optimizer: Any) -> None:
         count = int(module.trainer.strategy.reduce(torch.tensor(float(count), device=module.device), reduce_op="sum"))
     if count:
         raise FloatingPointError(
-            f"the optimizer step {module.global_step} made {count} of {len(params)} weight tensors non-finite "
+            f"the optimizer step {step} made {count} of {len(params)} weight tensors non-finite "
             f"({', '.join(bad[:3]) or 'on another rank'}) from a finite loss and gradient norm: training stopped "
             f"before anything was sampled or saved; the checkpoints on disk hold the last good weights (check "
             f"the optimizer's settings, e.g. its learning rate)")
@@ -170,7 +170,7 @@ class PolicyModule(LightningModule):
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         """Automatic optimization (SFT): Lightning's step, then the weights' finiteness check."""
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        check_finite_weights(self, optimizer)
+        check_finite_weights(self, optimizer, self.global_step + 1)      # Lightning counts the step after this hook
 
     def configure_callbacks(self) -> list:
         """Ship the callbacks the module relies on, unless the trainer already has one of the same type."""
@@ -385,7 +385,7 @@ class RLModule(PolicyModule):
             [p for p in self.policy.parameters() if p.requires_grad], self.max_grad_norm or float("inf"))
         check_finite(grad_norm, "gradient norm", self.global_step)
         optimizer.step()
-        check_finite_weights(self, optimizer)
+        check_finite_weights(self, optimizer, self.global_step)         # manual optimization: already counted
         optimizer.zero_grad(set_to_none=True)
         if (scheduler := self.lr_schedulers()) is not None:
             scheduler.step()
