@@ -191,7 +191,8 @@ def main() -> None:
         for seed in args.seeds:
             result = sweep_one(kind, seed, Path(args.work).resolve() / f"{kind}-{seed}")
             failures += bool(result["differs"])
-            print(f"{kind:8s} seed {seed}: killed {result['delay']:.2f} s after step {result['killed_after']}, "
+            unit = "batch" if kind == "generate" else "step"
+            print(f"{kind:8s} seed {seed}: killed {result['delay']:.2f} s after {unit} {result['killed_after']}, "
                   f"resumed from {result['resumed_from']}: "
                   f"{'identical' if not result['differs'] else 'DIFFERS: ' + '; '.join(result['differs'])}", flush=True)
     total = len(args.kinds) * len(args.seeds)

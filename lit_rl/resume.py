@@ -75,10 +75,10 @@ class ResumePlan:
     honoured: list[tuple[str, Any, Any]] = field(default_factory=list)
     summary_before: dict[str, float] | None = None
     pending_row: dict[str, Any] | None = None
+    checked: str = "same algorithm, model, data and settings"
 
     def announcement(self, subcommand: str) -> str:
-        line = (f"lit-rl {subcommand}: resuming the {self.algorithm} run of {self.path} at step {self.global_step}: "
-                f"same algorithm, model, data and settings")
+        line = f"lit-rl {subcommand}: resuming the {self.algorithm} run of {self.path} at step {self.global_step}: {self.checked}"
         if self.honoured:
             line += "; changed and honoured: " + "; ".join(f"{k} {_show(a)} -> {_show(b)}" for k, a, b in self.honoured)
         if self.run_dir is not None:
@@ -121,7 +121,9 @@ def plan_resume(path: str | Path, checkpoint: dict[str, Any], current: dict[str,
         path=path, global_step=int(checkpoint.get("global_step", 0)),
         log_step=int(loops.get("epoch_loop.state_dict", {}).get("_batches_that_stepped", 0)),
         algorithm=str(saved["model"].get("class_path")), run_dir=_run_dir(path), honoured=honoured,
-        summary_before=(record or {}).get("summary_before"), pending_row=(record or {}).get("pending_row"))
+        summary_before=(record or {}).get("summary_before"), pending_row=(record or {}).get("pending_row"),
+        **({} if record is not None else {"checked": "same algorithm and module settings (a checkpoint of an older "
+                                                     "lit-rl records nothing else: data and optimizer are unchecked)"}))
 
 
 def _run_dir(checkpoint_path: Path) -> Path | None:

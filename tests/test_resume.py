@@ -14,6 +14,7 @@ from benchmarks.resume_sweep import rows, small_config
 from lit_rl import RLOO, TOPR, ReMax, CountdownData, KLEntropyTracker, RewardFunction, Score
 from lit_rl.cli import LitRLCLI, main
 from lit_rl.errors import ResumeMismatch, UnreadableCheckpoint
+from lit_rl.resume import plan_resume
 from lit_rl.rollout import Sampling
 
 SAMPLING = Sampling(temperature=1.0, max_new_tokens=8)
@@ -78,6 +79,27 @@ def test_a_longer_max_steps_is_honoured_said_and_continues_the_run(remax_run, tm
     assert "resuming the lit_rl.ReMax run" in err and "trainer.max_steps 1 -> 2" in err, err
     assert cli.trainer.global_step == 2 and Path(cli.trainer.log_dir).resolve() == ckpt.parents[1].resolve()
     assert [int(r["step"]) for r in rows(ckpt.parents[1] / "metrics.csv") if "train/loss" in r] == [0, 1]
+    moved = fit(config, tmp_path / "elsewhere", "--trainer.max_steps", "3", "--ckpt_path", str(ckpt))
+    assert Path(moved.trainer.log_dir).parent.parent == tmp_path / "elsewhere"   # a new run directory there,
+    assert [int(r["step"]) for r in rows(Path(moved.trainer.log_dir) / "metrics.csv") if "train/loss" in r] == [0, 1, 2]
+
+
+def test_a_resumed_summary_starts_where_the_run_started(tiny_model_dir, tmp_path):
+    """The validation before training is the run's, saved in its checkpoints: a resume does not validate again
+    before fitting, so metrics.csv holds the uninterrupted run's validation rows."""
+    config = small_config("rl", tmp_path / "rloo.yaml", seed=0, model=tiny_model_dir, steps=1)
+    args = ["fit", "--config", str(config), "--trainer.limit_val_batches", "1"]
+
+    def val_rows(cli):
+        return [r for r in rows(Path(cli.trainer.log_dir) / "metrics.csv") if "val/accuracy" in r]
+
+    straight = LitRLCLI(args=args + ["--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path / "a")])
+    first = LitRLCLI(args=args + ["--trainer.default_root_dir", str(tmp_path / "b")])
+    resumed = LitRLCLI(args=args + ["--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path / "b"),
+                                    "--ckpt_path", str(Path(first.trainer.log_dir) / "checkpoints" / "last.ckpt")])
+    assert [int(r["step"]) for r in val_rows(straight)] == [0, 2] and val_rows(resumed) == val_rows(straight)
+    before = (Path(straight.trainer.log_dir) / "summary.txt").read_text().split(" -> ")[0]
+    assert (Path(resumed.trainer.log_dir) / "summary.txt").read_text().startswith(before)
 
 
 def test_python_resumes_refuse_another_algorithm_or_setting(remax_run, tiny_model_dir, tmp_path):
@@ -140,3 +162,19 @@ def test_epoch_means_after_a_resume_cover_the_whole_epoch(tiny_model_dir, tmp_pa
     resumed = run(4, ckpt_path=str(tmp_path / "last.ckpt"))
     assert straight.keys() == resumed.keys() and "train/entropy_epoch" in straight
     assert straight == pytest.approx(resumed, abs=0, rel=1e-6)
+
+
+def test_an_older_checkpoint_is_checked_on_what_it_records():
+    """Checkpoints of an older lit-rl hold only the module's hyperparameters (Lightning's form): those are
+    compared, and the announcement says what could not be."""
+    old = {"global_step": 7, "hyper_parameters": {"_class_path": "lit_rl.ReMax", "group_size": 4, "model": "m",
+                                                  "sampling": {"temperature": 1.0}, "_instantiator": "x"}}
+    current = {"trainer": {"max_steps": 9}, "model": {"class_path": "lit_rl.ReMax", "init_args": {
+        "group_size": 4, "model": "m", "sampling": {"temperature": 1.0}, "optimizer": {"class_path": "AdamW"}}}}
+    plan = plan_resume("x.ckpt", old, current)
+    assert plan.global_step == 7 and "data and optimizer are unchecked" in plan.announcement("fit")
+    current["model"]["init_args"]["group_size"] = 2
+    with pytest.raises(ResumeMismatch, match="model.init_args.group_size: 4 in the checkpoint, 2 now"):
+        plan_resume("x.ckpt", old, current)
+    with pytest.raises(ResumeMismatch, match="holds no record of the run that wrote it"):
+        plan_resume("x.ckpt", {"global_step": 1, "hyper_parameters": {"group_size": 4}}, current)
