@@ -30,7 +30,8 @@ SHIPPED = {"rl": "rloo.yaml", "offline": "topr.yaml", "erpd": "erpd.yaml", "gene
 STEPS = {"rl": 6, "offline": 6, "erpd": 6, "generate": 6}          # generate: batches of prompts
 
 
-def small_config(kind: str, out: Path, seed: int, model: str = "builtin:countdown-sft", steps: int | None = None) -> Path:
+def small_config(kind: str, out: Path, seed: int, model: str = "builtin:countdown-sft",
+                 steps: int | None = None) -> Path:
     """A few-second copy of the shipped config of ``kind``: tiny batches, short completions, a checkpoint every
     step, no validation inside training (the summary's validations before and after stay off too)."""
     config = yaml.safe_load((ROOT / "cli_configs" / SHIPPED[kind]).read_text())
@@ -51,7 +52,7 @@ def small_config(kind: str, out: Path, seed: int, model: str = "builtin:countdow
         data["batch_size"] = 2
         if kind == "rl":
             init["group_size"] = 2
-        if kind == "erpd":                                              # 2 prompts x 4 samples: 2 teacher, 2 student steps
+        if kind == "erpd":                              # 2 prompts x 4 samples: 2 teacher steps, 2 student steps
             init.update(group_size=4, student_steps=2, student_mini_batch_size=8, eval_size=4)
             init["teachers"][0].update(epochs=2, mini_batch_size=8)
         for d in (data, data.get("validation", {}).get("init_args", {})):
@@ -63,7 +64,8 @@ def small_config(kind: str, out: Path, seed: int, model: str = "builtin:countdow
 
 def command(kind: str, config: Path, root: Path, ckpt: Path | None = None) -> list[str]:
     if kind == "generate":
-        return [sys.executable, "-m", "lit_rl.cli", "generate", "--config", str(config), "--output", str(root / "rollouts")]
+        return [sys.executable, "-m", "lit_rl.cli", "generate", "--config", str(config),
+                "--output", str(root / "rollouts")]
     args = [sys.executable, "-m", "lit_rl.cli", "fit", "--config", str(config), "--summary", "false",
             "--trainer.default_root_dir", str(root)]
     return args + (["--ckpt_path", str(ckpt)] if ckpt else [])

@@ -15,16 +15,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_rl.checkpointing import read_checkpoint
 from lit_rl.cli_errors import LitRLParser, report
-from lit_rl.csv_logger import RunCSVLogger
+from lit_rl.csv_logger import RunCSVLogger, kept_rows, pending_row
 from lit_rl.errors import ResumeMismatch, RunDirectoryError
 from lit_rl.modules import PolicyModule
-from lit_rl.resume import RECORD, ResumePlan, kept_rows, pending_row, plan_resume
+from lit_rl.resume import RECORD, ResumePlan, plan_resume
 
 
 class RunRecord(Callback):
     """Writes the run's record into every checkpoint: the full config (what a resume is checked against), the
     validation before training (so a resumed run's summary starts where the run started) and the metrics row
-    of the batch being saved (:func:`lit_rl.resume.pending_row`).
+    of the batch being saved (:func:`lit_rl.csv_logger.pending_row`).
 
     On a resume it also re-logs that row's values at the first batch: within an epoch Lightning repeats in
     every row the last value of each metric logged earlier (ERPD's ``erpd/accuracy``, its ``rollout/*`` of
@@ -33,7 +33,7 @@ class RunRecord(Callback):
 
     def __init__(self, config: dict[str, Any], resume: ResumePlan | None = None) -> None:
         self.config, self.summary_before = config, None
-        self.carried = None if resume is None or resume.pending_row is None else resume.pending_row
+        self.carried = None if resume is None else resume.carried
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         carried, self.carried = self.carried, None
@@ -43,8 +43,9 @@ class RunRecord(Callback):
                     pl_module.log(key, float(value), on_step=True, on_epoch=False)
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint[RECORD] = {"config": self.config, "summary_before": self.summary_before,
-                              "pending_row": pending_row(trainer)}
+        row, values = pending_row(trainer)
+        checkpoint[RECORD] = {"config": self.config, "summary_before": self.summary_before, "pending_row": row,
+                              "carried": values}
 
 
 def make_run_dir(run_dir: Path) -> list[Path]:

@@ -7,8 +7,6 @@ the optimizer's saved state carries the old one). Trainer settings say how long 
 (``max_steps``, intervals, callbacks, loggers): they are honoured, and listed.
 """
 
-import csv
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,11 +72,13 @@ class ResumePlan:
     run_dir: Path | None = None
     honoured: list[tuple[str, Any, Any]] = field(default_factory=list)
     summary_before: dict[str, float] | None = None
-    pending_row: dict[str, Any] | None = None
+    pending_row: dict[str, Any] | None = None                           # see lit_rl.csv_logger.pending_row
+    carried: dict[str, Any] | None = None
     checked: str = "same algorithm, model, data and settings"
 
     def announcement(self, subcommand: str) -> str:
-        line = f"lit-rl {subcommand}: resuming the {self.algorithm} run of {self.path} at step {self.global_step}: {self.checked}"
+        line = (f"lit-rl {subcommand}: resuming the {self.algorithm} run of {self.path} at step {self.global_step}: "
+                f"{self.checked}")
         if self.honoured:
             line += "; changed and honoured: " + "; ".join(f"{k} {_show(a)} -> {_show(b)}" for k, a, b in self.honoured)
         if self.run_dir is not None:
@@ -110,7 +110,7 @@ def plan_resume(path: str | Path, checkpoint: dict[str, Any], current: dict[str,
     diffs = differences(saved, {**current, "model": current_model}, keys)
     if diffs:
         run_dir = _run_dir(path)
-        hint = f"--config {run_dir / 'config.yaml'}" if run_dir and (run_dir / "config.yaml").is_file() else "its config"
+        hint = f"--config {run_dir / 'config.yaml'}" if run_dir else "its config"
         raise ResumeMismatch(
             f"{path} was written by another run than this command describes, and resuming would silently change "
             f"it:\n{describe_differences(diffs)}\nResume with the run's own settings ({hint}), or start a new run "
@@ -122,6 +122,7 @@ def plan_resume(path: str | Path, checkpoint: dict[str, Any], current: dict[str,
         log_step=int(loops.get("epoch_loop.state_dict", {}).get("_batches_that_stepped", 0)),
         algorithm=str(saved["model"].get("class_path")), run_dir=_run_dir(path), honoured=honoured,
         summary_before=(record or {}).get("summary_before"), pending_row=(record or {}).get("pending_row"),
+        carried=(record or {}).get("carried"),
         **({} if record is not None else {"checked": "same algorithm and module settings (a checkpoint of an older "
                                                      "lit-rl records nothing else: data and optimizer are unchecked)"}))
 
@@ -147,51 +148,9 @@ def module_mismatch(checkpoint: dict[str, Any], module_class: type, hparams: dic
     diffs = [(k, saved.get(k, object()), current.get(k, object())) for k in sorted(set(saved) | set(current))
              if saved.get(k, object()) != current.get(k, object())]
     if diffs:
-        return f"the checkpoint's run had other settings than this {module_class.__qualname__}:\n{describe_differences(diffs)}"
+        return (f"the checkpoint's run had other settings than this {module_class.__qualname__}:\n"
+                f"{describe_differences(diffs)}")
     return None
-
-
-# ------------------------------------------------------------------------------------------ metrics.csv rows
-def pending_row(trainer: Any) -> dict[str, Any] | None:
-    """The metrics row of the batch a checkpoint is being saved in, when Lightning will log it only after the
-    save (``ModelCheckpoint`` saves in ``on_train_batch_end``; the row is written after that hook). Stored in
-    the checkpoint, it lets a resumed run keep that row even if the process died between the two.
-    Reads Lightning's logger connector (private, pinned lightning<2.7): the same values it logs next."""
-    loop = trainer.fit_loop.epoch_loop
-    progress = loop.batch_progress.total
-    connector = trainer._logger_connector
-    if progress.completed != progress.processed - 1 or connector._first_loop_iter is None:
-        return None                                                      # not inside on_train_batch_end
-    if not connector.should_update_logs:
-        return None
-    from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
-
-    metrics = convert_tensors_to_scalars(connector.metrics["log"])
-    if not metrics:
-        return None
-    return {**metrics, "epoch": metrics.get("epoch", trainer.current_epoch), "step": loop._batches_that_stepped}
-
-
-def read_rows(text: str) -> tuple[list[str], list[dict[str, str]]]:
-    """Header and rows of a metrics.csv; a last line torn by a crash (no newline) is dropped."""
-    if text and not text.endswith("\n"):
-        text = text[:text.rfind("\n") + 1]
-    reader = csv.DictReader(io.StringIO(text))
-    return list(reader.fieldnames or []), list(reader)
-
-
-def kept_rows(text: str, log_step: int, pending: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The rows a run resumed from a checkpoint keeps: every row up to the checkpoint's logging step (the
-    resumed run writes the later ones again), with the checkpoint's own row taken from the checkpoint when the
-    crash came before it reached the file. Empty cells are dropped: a row holds only what was logged in it."""
-    _, rows = read_rows(text)
-    rows = [{k: v for k, v in r.items() if v not in ("", None)} for r in rows if r.get("step") not in (None, "")]
-    before = [r for r in rows if int(r["step"]) < log_step]
-    at_step = [r for r in rows if int(r["step"]) == log_step]
-    if pending is None:
-        return before + at_step
-    as_text = {k: str(v) for k, v in pending.items()}
-    return before + [pending] + [r for r in at_step if r != as_text]
 
 
 # ------------------------------------------------------------------------------- settings of plain objects

@@ -31,7 +31,7 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
 
 
 def test_a_missing_model_directory_is_named(tmp_path):
-    with pytest.raises(ModelNotFound, match=f"model '{tmp_path}/nope/model': no such directory, and it is not a hub id"):
+    with pytest.raises(ModelNotFound, match=f"'{tmp_path}/nope/model': no such directory, and it is not a hub id"):
         Policy.load(str(tmp_path / "nope" / "model"))
     with pytest.raises(ModelNotFound, match="no such directory, and the hub could not provide it"):
         Policy.load("nobody/no-such-model")                             # HF_HUB_OFFLINE=1 (conftest)
@@ -105,7 +105,8 @@ def make(tiny_model_dir, out, **kwargs):
 @pytest.mark.parametrize("change, named", [
     ({"reward": CountdownReward("B")}, "reward.init_args.scheme: 'original' in the file, 'B' now"),
     ({"group_size": 3}, "group_size: 2 in the file, 3 now"),
-    ({"data": CountdownData(train_size=32, val_size=4, max_number=9)}, "data.init_args.max_number: 20 in the file, 9 now"),
+    ({"data": CountdownData(train_size=32, val_size=4, max_number=9)},
+     "data.init_args.max_number: 20 in the file, 9 now"),
     ({"batch_size": 4}, "batch_size: 2 in the file, 4 now"),
     ({"seed": 1}, "seed: 0 in the file, 1 now"),
     ({"sampling": Sampling(max_new_tokens=5)}, "sampling.max_new_tokens: 4 in the file, 5 now"),

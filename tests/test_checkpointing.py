@@ -39,7 +39,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_a_checkpoint_with_non_finite_weights_is_not_written(tmp_path):
     checkpoint = {"global_step": 3, "state_dict": {"w": torch.tensor([1.0, float("nan")]), "b": torch.ones(2)},
                   "optimizer_states": [{"state": {0: {"exp_avg": torch.ones(2)}}}]}
-    with pytest.raises(FloatingPointError, match=r"not writing .*x.ckpt: 1 tensors are not finite \(e.g. state_dict.w\)"):
+    with pytest.raises(FloatingPointError, match=r"not writing .*x.ckpt: 1 tensors are not finite \(e.g. state_dict.w"):
         AtomicCheckpointIO().save_checkpoint(checkpoint, tmp_path / "x.ckpt")
     assert not list(tmp_path.iterdir())
     checkpoint["state_dict"]["w"] = torch.zeros(2)

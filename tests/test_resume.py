@@ -49,8 +49,10 @@ def remax_run(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
 @pytest.mark.parametrize("change, named", [
     (("--config", "topr"), "algorithm: 'lit_rl.ReMax' in the checkpoint, 'lit_rl.TOPR' now"),
     (("--config", "erpd"), "algorithm: 'lit_rl.ReMax' in the checkpoint, 'lit_rl.ERPD' now"),
-    (("--model.init_args.sampling.max_new_tokens", "6"), "model.init_args.sampling.max_new_tokens: 16 in the checkpoint, 6 now"),
-    (("--model.init_args.optimizer.init_args.lr", "0.5"), "model.init_args.optimizer.init_args.lr: 0.0001 in the checkpoint, 0.5 now"),
+    (("--model.init_args.sampling.max_new_tokens", "6"),
+     "model.init_args.sampling.max_new_tokens: 16 in the checkpoint, 6 now"),
+    (("--model.init_args.optimizer.init_args.lr", "0.5"),
+     "model.init_args.optimizer.init_args.lr: 0.0001 in the checkpoint, 0.5 now"),
     (("--model.init_args.model", "builtin:countdown-init"), "model.init_args.model: "),
     (("--data.init_args.batch_size", "3"), "data.init_args.batch_size: 2 in the checkpoint, 3 now"),
     (("--seed_everything", "5"), "seed_everything: 0 in the checkpoint, 5 now"),
@@ -148,8 +150,8 @@ def test_epoch_means_after_a_resume_cover_the_whole_epoch(tiny_model_dir, tmp_pa
         module = RLOO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, reward=DigitShare(),
                       optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
         logged = {}
-        callbacks = [KLEntropyTracker()] + ([ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=every, save_last=True)]
-                                 if every else [])
+        saves = [ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=every, save_last=True)] if every else []
+        callbacks = [KLEntropyTracker(), *saves]
         trainer = Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
                           enable_checkpointing=bool(every), callbacks=callbacks, limit_val_batches=0,
                           default_root_dir=tmp_path, enable_model_summary=False)

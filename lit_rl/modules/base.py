@@ -409,5 +409,6 @@ class RLModule(PolicyModule):
         from lit_rl.callbacks import KLEntropyTracker, RolloutRefresh
 
         present = {type(c) for c in self.trainer.callbacks}
-        return super().configure_callbacks() + [c for c in (RolloutRefresh(), KLEntropyTracker()) if type(c) not in present]
+        shipped = [c for c in (RolloutRefresh(), KLEntropyTracker()) if type(c) not in present]
+        return super().configure_callbacks() + shipped
 
