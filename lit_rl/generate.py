@@ -5,7 +5,8 @@ Every row is one completion: ``prompt_index``, ``sample_index``, ``prompt``, ``m
 ``behaviour_logp`` (their sum), ``sampling``, ``model`` and ``seed``. Rows are appended to ``<output>.jsonl``
 one batch of prompts at a time; ``<output>.parquet`` is written at the end. Batch ``b`` is sampled under the
 seed ``(seed, b)``, so a run is deterministic, and an interrupted run resumes after its last complete batch
-without duplicating rows.
+without duplicating rows. ``<output>.settings.json`` records every setting that changes the rows (model, seed,
+sampling, group_size, batch_size, dtype, reward, data, engine); a rerun with any other value is refused by name.
 """
 
 import json
@@ -17,25 +18,42 @@ import torch
 from lightning.pytorch import LightningDataModule
 
 from lit_rl.chat import ChatTemplate, render_prompt
+from lit_rl.checkpointing import atomic_write
 from lit_rl.policy import Policy
+from lit_rl.resume import describe, describe_differences, differences
 from lit_rl.rewards import RewardFunction, score_batch
 from lit_rl.rollout import HFEngine, RolloutEngine, Sampling
 
 
-def _complete_batches(path: Path, settings: dict, batch_rows: list[int]) -> int:
-    """How many batches ``path`` already holds in full; the rest (a crash's partial batch) is cut off."""
-    if not path.exists():
-        return 0
-    lines = path.read_bytes().split(b"\n")
+def _check_settings(path: Path, record_path: Path, record: dict) -> None:
+    """Refuse to append to rows generated with other settings, naming each one that differs."""
+    if not record_path.is_file():
+        raise ValueError(f"{path} holds rows but no record of the settings that generated them ({record_path.name} "
+                         f"is missing: an older lit-rl, or a copied file), so they cannot be checked against this "
+                         f"run's; choose another output or delete {path}")
+    saved = json.loads(record_path.read_text())
+    if diffs := differences(saved, record, tuple(sorted(set(saved) | set(record)))):
+        raise ValueError(f"{path} was generated with other settings; appending would mix two datasets:\n"
+                         f"{describe_differences(diffs, 'the file')}\n"
+                         f"choose another output or delete {path}")
+
+
+def _complete_batches(path: Path, record_path: Path, record: dict, batch_rows: list[int]) -> int:
+    """How many batches ``path`` already holds in full; the rest (a crash's partial batch) is cut off. Rows are
+    kept only if ``record_path`` shows they were generated with the same settings (``record``)."""
+    lines = path.read_bytes().split(b"\n") if path.exists() else []
     rows = []
     for line in lines:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             break
-    if rows and {k: rows[0].get(k) for k in settings} != settings:
-        raise ValueError(f"{path} was generated with other settings "
-                         f"({ {k: rows[0].get(k) for k in settings} }); choose another output or delete it")
+    if rows:
+        _check_settings(path, record_path, record)
+    else:                                                               # written before any row
+        atomic_write(record_path, lambda f: f.write(json.dumps(record, indent=1).encode()))
+    if not path.exists():
+        return 0
     complete, kept_rows = 0, 0
     while complete < len(batch_rows) and kept_rows + batch_rows[complete] <= len(rows):
         kept_rows += batch_rows[complete]
@@ -93,14 +111,19 @@ def generate(
         data.drop_long(lambda p: budget is None or len(policy.tokenize(render(p))) <= budget)
     prompts = data.train_rows[:num_prompts]
     engine = engine if engine is not None else HFEngine()
+    # In every row, as JSON stores it (a tuple of stop strings reads back as a list).
+    settings = json.loads(json.dumps({"model": model, "seed": seed, "sampling": asdict(sampling)}))
+    # Everything that changes the rows (num_prompts only says how many there are: a rerun may extend them).
+    record = json.loads(json.dumps({**settings, "group_size": group_size, "batch_size": batch_size, "dtype": dtype,
+                                    "chat": chat, "reward": describe(reward), "data": describe(data),
+                                    "engine": describe(engine)}))
     engine.bind(policy.model, policy.tokenizer)
 
-    settings = json.loads(json.dumps({"model": model, "seed": seed, "sampling": asdict(sampling)}))  # as stored
     jsonl, parquet = Path(f"{output}.jsonl"), Path(f"{output}.parquet")
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     starts = list(range(0, len(prompts), batch_size))
     batch_rows = [len(prompts[s:s + batch_size]) * group_size for s in starts]
-    first = _complete_batches(jsonl, settings, batch_rows)
+    first = _complete_batches(jsonl, Path(f"{output}.settings.json"), json.loads(json.dumps(record)), batch_rows)
     start_time = time.perf_counter()
     with jsonl.open("a") as f:
         for b in range(first, len(starts)):
@@ -114,7 +137,7 @@ def generate(
     import pyarrow.parquet as pq
 
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    atomic_write(parquet, lambda f: pq.write_table(pa.Table.from_pylist(rows), f))
     rewards = torch.tensor([r["reward"] for r in rows])
     judged = [r["correct"] for r in rows if r["correct"] is not None]
     accuracy = f", accuracy {sum(judged) / len(judged):.3f}" if judged else ""

@@ -17,6 +17,7 @@ training item per prompt with all its completions, which pairwise and listwise o
 import hashlib
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from lit_rl.checkpointing import atomic_torch_save
 from lit_rl.data import ResumableBatches, collate
 from lit_rl.policy import resolve
 from lit_rl.rewards import RewardFunction, score_batch
@@ -187,9 +189,14 @@ def add_behaviour_logps(groups: list[Group], model: str, temperature: float, pat
     source = Path(resolve(path))
     stamp = f"{source.resolve()}|{source.stat().st_size if source.exists() else ''}|{model}|{temperature}"
     cache = CACHE / f"{hashlib.sha1(stamp.encode()).hexdigest()[:16]}.pt"
+    stored = None
     if cache.exists():
-        stored = torch.load(cache)
-    else:
+        try:
+            stored = torch.load(cache)
+        except Exception as err:                                        # e.g. written by a pre-atomic version
+            warnings.warn(f"behaviour log-prob cache {cache} is unreadable ({type(err).__name__}); recomputing it",
+                          stacklevel=2)
+    if stored is None:
         policy = Policy.load(model).eval()
         stored = []
         for g in groups:
@@ -204,7 +211,6 @@ def add_behaviour_logps(groups: list[Group], model: str, temperature: float, pat
             stored.append({"prompt_ids": prompt_ids[0][prompt_mask[0].bool()].tolist(),
                            "completion_ids": [ids[:k].tolist() for ids, k in zip(completion_ids, lengths)],
                            "behaviour_logps": [lp[:k].tolist() for lp, k in zip(logps, lengths)]})
-        CACHE.mkdir(parents=True, exist_ok=True)
-        torch.save(stored, cache)
+        atomic_torch_save(stored, cache)                                # a kill never leaves a torn cache
     for g, s in zip(groups, stored, strict=True):
         g.update(s)

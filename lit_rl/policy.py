@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_rl.errors import ModelNotFound
 from lit_rl.logprobs import token_entropy, token_logps
 from lit_rl.stopping import cut_after_stop
 
@@ -29,14 +30,34 @@ class LoraSettings:
 
 def resolve(name_or_path: str) -> str:
     """``builtin:NAME`` is a model (or dataset) shipped inside the package (``lit_rl/assets/NAME``); anything else is
-    passed to ``from_pretrained`` as given (a local directory or a hub id)."""
+    passed to ``from_pretrained`` as given (a local directory or a hub id). ``NAME`` must be one of the shipped
+    entries themselves: ``builtin:../..`` or ``builtin:/etc`` would otherwise reach outside the package."""
     if not name_or_path.startswith(BUILTIN):
         return name_or_path
-    path = ASSETS / name_or_path[len(BUILTIN):]
-    if not path.exists():
-        shipped = sorted(p.name for p in ASSETS.iterdir())
+    name = name_or_path[len(BUILTIN):]
+    shipped = sorted(p.name for p in ASSETS.iterdir() if not p.name.startswith((".", "_")))
+    if name not in shipped:
         raise FileNotFoundError(f"nothing built in is called {name_or_path!r}; shipped: {[BUILTIN + s for s in shipped]}")
-    return str(path)
+    return str(ASSETS / name)
+
+
+def locate_model(name_or_path: str) -> str:
+    """A local model directory, or a hub id; anything that is neither is named as such before ``from_pretrained``
+    answers with a hub-id validation error. (A string shaped like a hub id is left to the hub, which in offline
+    mode or without the repository says so itself.)"""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    path = resolve(name_or_path)
+    if Path(path).is_dir():
+        return path
+    if Path(path).exists():
+        raise ModelNotFound(f"model {name_or_path!r} is a file, not a model directory (one holding config.json)")
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        raise ModelNotFound(f"model {name_or_path!r}: no such directory, and it is not a hub id either (a hub id "
+                            f"is NAME or OWNER/NAME)") from None
+    return path
 
 
 def sequence_inputs(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
@@ -63,8 +84,15 @@ class Policy(nn.Module):
     @classmethod
     def load(cls, name_or_path: str, dtype: str = "float32", lora: LoraSettings | None = None,
              gradient_checkpointing: bool = False) -> "Policy":
-        path = resolve(name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        path = locate_model(name_or_path)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except OSError as err:
+            if Path(path).is_dir():
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelNotFound(f"model {name_or_path!r}: no such directory, and the hub could not provide it "
+                                f"({first})") from err
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).train()
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

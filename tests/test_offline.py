@@ -74,6 +74,7 @@ def test_an_interrupted_generation_resumes_without_duplicates(dataset, tiny_mode
     lines = dataset.read_text().splitlines(keepends=True)
     partial = tmp_path / "rollouts.jsonl"
     partial.write_text("".join(lines[:24]) + lines[24][:30])
+    shutil.copy(dataset.with_suffix(".settings.json"), tmp_path)        # written before the first row
     assert make(tiny_model_dir, tmp_path / "rollouts").read_text() == dataset.read_text()
     with pytest.raises(ValueError, match="other settings"):
         make(tiny_model_dir, tmp_path / "rollouts", seed=4)

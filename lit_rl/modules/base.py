@@ -18,10 +18,13 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lit_rl.chat import ChatTemplate, render_prompt
+from lit_rl.checkpointing import SafeCheckpoints, nonfinite
+from lit_rl.errors import ResumeMismatch
 from lit_rl.export import export_pretrained, merged_state_dict
 from lit_rl.objectives import Aggregation, KLEstimator, aggregate, kl_penalty, policy_gradient_loss, zero_std_groups
 from lit_rl.objectives import logp_diff, truncated_importance_weights
 from lit_rl.policy import LoraSettings, Policy
+from lit_rl.resume import MODULE_KEY, module_mismatch
 from lit_rl.rewards import Prompt, RewardFunction, score_batch
 from lit_rl.rollout import HFEngine, RolloutBatch, RolloutEngine, Sampling, accuracy
 
@@ -34,6 +37,24 @@ def check_finite(value: Tensor, what: str, step: int) -> None:
     if not torch.isfinite(value).all():
         raise FloatingPointError(f"{what} is {value.item() if value.numel() == 1 else 'not finite'} at global "
                                  f"step {step}: training stopped; the checkpoints on disk hold the last good weights")
+
+
+def check_finite_weights(module: LightningModule, optimizer: Any, step: int) -> None:
+    """After an optimizer step: finite losses and gradients can still give NaN/inf weights (``lr: .inf``, an
+    overflowing moment), and the next sample or checkpoint would carry them. One isfinite pass over the stepped
+    parameters with a single sync; under FSDP2 each rank checks its shard and the count is summed."""
+    names = {id(p): name for name, p in module.named_parameters()}
+    params = [(names.get(id(p), "?"), p) for group in optimizer.param_groups for p in group["params"]]
+    bad = nonfinite(params)
+    count = len(bad)
+    if module.device_mesh is not None:
+        count = int(module.trainer.strategy.reduce(torch.tensor(float(count), device=module.device), reduce_op="sum"))
+    if count:
+        raise FloatingPointError(
+            f"the optimizer step {step} made {count} of {len(params)} weight tensors non-finite "
+            f"({', '.join(bad[:3]) or 'on another rank'}) from a finite loss and gradient norm: training stopped "
+            f"before anything was sampled or saved; the checkpoints on disk hold the last good weights (check "
+            f"the optimizer's settings, e.g. its learning rate)")
 
 
 def gold_metrics(rollout: RolloutBatch) -> dict[str, Tensor]:
@@ -201,15 +222,30 @@ class PolicyModule(LightningModule):
 
             fully_shard_policy(self.policy.model, self.device_mesh["data_parallel"])
 
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Automatic optimization (SFT): Lightning's step, then the weights' finiteness check."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        check_finite_weights(self, optimizer, self.global_step + 1)      # Lightning counts the step after this hook
+
+    def configure_callbacks(self) -> list:
+        """Ship the callbacks the module relies on, unless the trainer already has one of the same type."""
+        return [] if any(isinstance(c, SafeCheckpoints) for c in self.trainer.callbacks) else [SafeCheckpoints()]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Sampling draws from these generators: saving them makes a resumed run draw what the original would have.
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
                                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        checkpoint[MODULE_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
         # A reward's own state (RewardModel's running normalisation) lives outside the module tree: save it here.
         if callable(state := getattr(self.reward_fn, "state_dict", None)) and (reward_state := state()):
             checkpoint["reward_state"] = reward_state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A fit continues the checkpoint's run or nothing: another algorithm or other settings would silently
+        # train something else on these weights (the CLI checks the whole config before this point).
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            if reason := module_mismatch(checkpoint, type(self), dict(self.hparams)):
+                raise ResumeMismatch(f"cannot resume from this checkpoint: {reason}")
         if "reward_state" in checkpoint:
             self.reward_fn.load_state_dict(checkpoint["reward_state"])
         if states := checkpoint.get("rng_states"):
@@ -415,6 +451,7 @@ class RLModule(PolicyModule):
             [p for p in self.policy.parameters() if p.requires_grad], self.max_grad_norm or float("inf"))
         check_finite(grad_norm, "gradient norm", self.global_step)
         optimizer.step()
+        check_finite_weights(self, optimizer, self.global_step)         # manual optimization: already counted
         optimizer.zero_grad(set_to_none=True)
         if (scheduler := self.lr_schedulers()) is not None:
             scheduler.step()
@@ -443,5 +480,6 @@ class RLModule(PolicyModule):
         from lit_rl.callbacks import CompletionLog, KLEntropyTracker, RolloutRefresh
 
         present = {type(c) for c in self.trainer.callbacks}
-        return [c for c in (RolloutRefresh(), KLEntropyTracker(), CompletionLog()) if type(c) not in present]
+        shipped = [c for c in (RolloutRefresh(), KLEntropyTracker(), CompletionLog()) if type(c) not in present]
+        return super().configure_callbacks() + shipped
 

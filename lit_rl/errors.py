@@ -1,0 +1,18 @@
+"""lit-rl's own errors: each names what is wrong and what to do. The CLI prints them as one paragraph
+(``LIT_RL_TRACEBACK=1`` shows the traceback); their bases keep ``except ValueError``/``OSError`` working."""
+
+
+class ResumeMismatch(ValueError):
+    """A checkpoint given to ``--ckpt_path`` (or ``Trainer.fit(ckpt_path=...)``) was written by another run."""
+
+
+class UnreadableCheckpoint(OSError):
+    """A checkpoint file exists but cannot be read back (torn by a crash, truncated, or not a checkpoint)."""
+
+
+class ModelNotFound(FileNotFoundError):
+    """``model:`` is neither a directory nor a model the hub can provide."""
+
+
+class RunDirectoryError(OSError):
+    """The run directory cannot be created or written."""
