@@ -98,8 +98,9 @@ def test_configuration_errors_are_one_paragraph(tmp_path, monkeypatch, capsys, e
 # ------------------------------------------------------------------------------------------- lit-rl generate
 def make(tiny_model_dir, out, **kwargs):
     settings = {"model": tiny_model_dir, "data": CountdownData(train_size=32, val_size=4), "group_size": 2,
+                "reward": CountdownReward(),
                 "sampling": Sampling(max_new_tokens=4), "num_prompts": 4, "batch_size": 2, "seed": 0, **kwargs}
-    return generate(str(out), **settings)
+    return generate(output=str(out), **settings)
 
 
 @pytest.mark.parametrize("change, named", [

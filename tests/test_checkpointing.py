@@ -16,7 +16,7 @@ import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lit_rl import RLOO, SFT, CountdownData, OfflineData, offline
+from lit_rl import RLOO, SFT, CountdownData, CountdownReward, OfflineData, offline
 from lit_rl.checkpointing import AtomicCheckpointIO, atomic_write
 from lit_rl.rollout import Sampling
 
@@ -52,8 +52,9 @@ def infinite_lr(params):
 
 
 @pytest.mark.parametrize("make", [
-    lambda m: RLOO(model=m, group_size=2, sampling=Sampling(max_new_tokens=8), optimizer=infinite_lr),
-    lambda m: SFT(model=m, optimizer=infinite_lr),
+    lambda m: RLOO(model=m, group_size=2, sampling=Sampling(max_new_tokens=8), optimizer=infinite_lr,
+                   reward=CountdownReward()),
+    lambda m: SFT(model=m, optimizer=infinite_lr, reward=CountdownReward()),
 ], ids=["RLOO", "SFT"])
 def test_a_step_that_makes_weights_non_finite_stops_and_saves_nothing(tiny_model_dir, tmp_path, make):
     """``lr: .inf``: the loss and gradient norm of step 1 are finite, the weights after it are not."""
@@ -122,8 +123,9 @@ def test_the_behaviour_cache_is_written_atomically_and_a_torn_one_recomputed(tin
     from lit_rl.generate import generate
 
     monkeypatch.setattr(offline, "CACHE", tmp_path / "cache")
-    out = generate(str(tmp_path / "rollouts"), model=tiny_model_dir, sampling=Sampling(max_new_tokens=8),
-                   data=CountdownData(train_size=16, val_size=4), group_size=2, num_prompts=4, batch_size=4)
+    out = generate(output=str(tmp_path / "rollouts"), model=tiny_model_dir, sampling=Sampling(max_new_tokens=8),
+                   data=CountdownData(train_size=16, val_size=4), reward=CountdownReward(), group_size=2,
+                   num_prompts=4, batch_size=4)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     stripped = tmp_path / "stripped.jsonl"
     stripped.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in ("behaviour_logps",)}) + "\n"

@@ -11,7 +11,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from benchmarks.resume_sweep import rows, small_config
-from lit_rl import RLOO, TOPR, ReMax, CountdownData, KLEntropyTracker, RewardFunction, Score
+from lit_rl import RLOO, TOPR, ReMax, CountdownData, CountdownReward, KLEntropyTracker, RewardFunction, Score
 from lit_rl.cli import LitRLCLI, main
 from lit_rl.errors import ResumeMismatch, UnreadableCheckpoint
 from lit_rl.resume import plan_resume
@@ -108,7 +108,8 @@ def test_python_resumes_refuse_another_algorithm_or_setting(remax_run, tiny_mode
     _, ckpt = remax_run
     data = CountdownData(batch_size=2, train_size=16, val_size=4)
     same = {"model": tiny_model_dir, "group_size": 2, "sampling": Sampling(max_new_tokens=16),
-            "val_sampling": Sampling(temperature=0.0, max_new_tokens=16), "aggregation": "seq_mean_token_sum"}
+            "val_sampling": Sampling(temperature=0.0, max_new_tokens=16), "aggregation": "seq_mean_token_sum",
+            "reward": CountdownReward()}
     for module, match in ((TOPR(model=tiny_model_dir), r"written by lit_rl\..*ReMax, and this module is TOPR"),
                           (ReMax(**{**same, "group_size": 3}), "group_size: 2 in the checkpoint, 3 now")):
         trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
