@@ -12,12 +12,12 @@ from lit_rl import CountdownData, CountdownReward
 from lit_rl.cli import main
 from lit_rl.errors import ModelNotFound
 from lit_rl.generate import generate
-from lit_rl.offline import read_rows
-from lit_rl.policy import Policy, resolve
+from lit_rl.rows import read_rows
+from lit_rl.policy import ASSETS, Policy, resolve
 from lit_rl.rollout import Sampling
 
 ROOT = Path(__file__).parents[1]
-SHIPPED = "['builtin:countdown-init', 'builtin:countdown-rollouts.parquet', 'builtin:countdown-sft']"
+SHIPPED = str(sorted(f"builtin:{p.name}" for p in ASSETS.iterdir()))         # what the message must list
 
 
 def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
@@ -66,7 +66,7 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_run_directory(tiny_mod
             "--model.init_args.model", tiny_model_dir, "--data.init_args.path", str(missing),
             "--trainer.default_root_dir", str(tmp_path / "runs")]
     code, err = run_main(monkeypatch, capsys, *args)
-    assert code == 1 and "No such file or directory" in err and str(missing) in err and "Traceback" not in err, err
+    assert code == 1 and "no dataset file" in err and str(missing) in err and "Traceback" not in err, err
     assert not (tmp_path / "runs").exists()
 
 
