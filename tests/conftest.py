@@ -1,4 +1,5 @@
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -32,3 +33,20 @@ def vllm_engine():
     from lit_rl.vllm_engine import VLLMEngine
 
     return VLLMEngine(gpu_memory_utilization=0.25, max_model_len=128)
+
+
+@pytest.fixture
+def run_main(monkeypatch, capsys):
+    """``lit-rl ARGS`` in this process: its exit status and stderr."""
+    from lit_rl.cli import main
+
+    def run(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["lit-rl", *args])
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        return code, capsys.readouterr().err
+
+    return run

@@ -20,16 +20,6 @@ ROOT = Path(__file__).parents[1]
 SHIPPED = str(sorted(f"builtin:{p.name}" for p in ASSETS.iterdir()))         # what the message must list
 
 
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["lit-rl", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err
-
-
 def test_a_missing_model_directory_is_named(tmp_path):
     with pytest.raises(ModelNotFound, match=f"'{tmp_path}/nope/model': no such directory, and it is not a hub id"):
         Policy.load(str(tmp_path / "nope" / "model"))
@@ -53,19 +43,19 @@ def tiny_fit(tiny_model_dir: str, root: Path, *extra: str) -> list[str]:
             "--data.init_args.batch_size", "2", "--trainer.default_root_dir", str(root), *extra]
 
 
-def test_an_unwritable_run_directory_is_reported_before_training(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_an_unwritable_run_directory_is_reported_before_training(tiny_model_dir, tmp_path, run_main):
     (tmp_path / "a_file").write_text("")
-    code, err = run_main(monkeypatch, capsys, *tiny_fit(tiny_model_dir, tmp_path / "a_file" / "runs"))
+    code, err = run_main(*tiny_fit(tiny_model_dir, tmp_path / "a_file" / "runs"))
     assert code == 1 and "cannot create or write the run directory" in err and "a_file/runs/rloo/" in err, err
     assert "Traceback" not in err
 
 
-def test_a_run_that_fails_before_its_first_step_leaves_no_run_directory(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_a_run_that_fails_before_its_first_step_leaves_no_run_directory(tiny_model_dir, tmp_path, run_main):
     missing = tmp_path / "missing.jsonl"
     args = ["fit", "--config", str(ROOT / "cli_configs" / "topr.yaml"), "--summary", "false",
             "--model.init_args.model", tiny_model_dir, "--data.init_args.path", str(missing),
             "--trainer.default_root_dir", str(tmp_path / "runs")]
-    code, err = run_main(monkeypatch, capsys, *args)
+    code, err = run_main(*args)
     assert code == 1 and "no dataset file" in err and str(missing) in err and "Traceback" not in err, err
     assert not (tmp_path / "runs").exists()
 
@@ -74,8 +64,8 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_run_directory(tiny_mod
     (("--model.init_args.group_size", "1"), "RLOO needs group_size >= 2"),
     (("--model.init_args.model", "/no/such/model"), "model '/no/such/model': no such directory"),
 ])
-def test_input_errors_are_one_paragraph(tiny_model_dir, tmp_path, monkeypatch, capsys, args, message):
-    code, err = run_main(monkeypatch, capsys, *tiny_fit(tiny_model_dir, tmp_path / "runs"), *args)
+def test_input_errors_are_one_paragraph(tiny_model_dir, tmp_path, monkeypatch, run_main, args, message):
+    code, err = run_main(*tiny_fit(tiny_model_dir, tmp_path / "runs"), *args)
     assert code == 1 and message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
     assert "LIT_RL_TRACEBACK=1" in err
     monkeypatch.setenv("LIT_RL_TRACEBACK", "1")
@@ -88,10 +78,10 @@ def test_input_errors_are_one_paragraph(tiny_model_dir, tmp_path, monkeypatch, c
     (("group_size:", "grop_size:"), "Option 'grop_size' is not accepted"),
     (("group_size: 4", "group_size: four"), "Parser key \"group_size\": Expected a <class 'int'>. Got value: four"),
 ])
-def test_configuration_errors_are_one_paragraph(tmp_path, monkeypatch, capsys, edit, message):
+def test_configuration_errors_are_one_paragraph(tmp_path, run_main, edit, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text((ROOT / "cli_configs" / "rloo.yaml").read_text().replace(*edit))
-    code, err = run_main(monkeypatch, capsys, "fit", "--config", str(bad))
+    code, err = run_main("fit", "--config", str(bad))
     assert code == 2 and message in err and len(err.strip().splitlines()) <= 3, err
 
 

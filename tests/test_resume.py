@@ -25,17 +25,6 @@ def fit(config: Path, root: Path, *args: str) -> LitRLCLI:
                           str(root), *args])
 
 
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """``lit-rl ARGS`` in this process: its exit status and stderr."""
-    monkeypatch.setattr(sys, "argv", ["lit-rl", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err
-
-
 @pytest.fixture(scope="module")
 def remax_run(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
     """A 1-step ReMax run of the tiny model (its config and its last.ckpt)."""
@@ -57,15 +46,15 @@ def remax_run(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
     (("--data.init_args.batch_size", "3"), "data.init_args.batch_size: 2 in the checkpoint, 3 now"),
     (("--seed_everything", "5"), "seed_everything: 0 in the checkpoint, 5 now"),
 ])
-def test_a_checkpoint_of_another_run_is_refused_naming_what_differs(remax_run, tiny_model_dir, tmp_path, monkeypatch,
-                                                                    capsys, change, named):
+def test_a_checkpoint_of_another_run_is_refused_naming_what_differs(remax_run, tiny_model_dir, tmp_path, run_main,
+                                                                    change, named):
     config, ckpt = remax_run
     if change[0] == "--config":
         kind = {"topr": "offline", "erpd": "erpd"}[change[1]]
         args = ["--config", str(small_config(kind, tmp_path / f"{kind}.yaml", seed=0, model=tiny_model_dir, steps=2))]
     else:
         args = ["--config", str(config), *change]
-    code, err = run_main(monkeypatch, capsys, "fit", *args, "--summary", "false", "--trainer.default_root_dir",
+    code, err = run_main("fit", *args, "--summary", "false", "--trainer.default_root_dir",
                          str(tmp_path / "runs"), "--ckpt_path", str(ckpt))
     assert code == 1 and named in err and "Traceback" not in err, err
     assert not (tmp_path / "runs").exists()                             # refused before anything was made
@@ -122,12 +111,12 @@ def test_python_resumes_refuse_another_algorithm_or_setting(remax_run, tiny_mode
     assert trainer.global_step == 2
 
 
-def test_an_unreadable_checkpoint_is_named(remax_run, tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_an_unreadable_checkpoint_is_named(remax_run, tiny_model_dir, tmp_path, run_main):
     config, ckpt = remax_run
     torn = tmp_path / "checkpoints" / "torn.ckpt"
     torn.parent.mkdir()
     torn.write_bytes(ckpt.read_bytes()[:65536])                          # what a kill during a copy leaves
-    code, err = run_main(monkeypatch, capsys, "fit", "--config", str(config), "--summary", "false",
+    code, err = run_main("fit", "--config", str(config), "--summary", "false",
                          "--trainer.default_root_dir", str(tmp_path / "runs"), "--ckpt_path", str(torn))
     assert code == 1 and f"{torn} is not a readable checkpoint" in err and "Traceback" not in err, err
     trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
