@@ -39,7 +39,7 @@ def pending_row(trainer: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | N
     return (values if connector.should_update_logs else None), values
 
 
-def read_rows(text: str) -> tuple[list[str], list[dict[str, str]]]:
+def csv_rows(text: str) -> tuple[list[str], list[dict[str, str]]]:
     """Header and rows of a metrics.csv; a last line torn by a crash (no newline) is dropped."""
     if text and not text.endswith("\n"):
         text = text[:text.rfind("\n") + 1]
@@ -51,7 +51,7 @@ def kept_rows(text: str, log_step: int, pending: dict[str, Any] | None) -> list[
     """The rows a run resumed from a checkpoint keeps: every row up to the checkpoint's logging step (the
     resumed run writes the later ones again), with the checkpoint's own row taken from the checkpoint when the
     crash came before it reached the file. Empty cells are dropped: a row holds only what was logged in it."""
-    _, rows = read_rows(text)
+    _, rows = csv_rows(text)
     rows = [{k: v for k, v in r.items() if v not in ("", None)} for r in rows if r.get("step") not in (None, "")]
     before = [r for r in rows if int(r["step"]) < log_step]
     at_step = [r for r in rows if int(r["step"]) == log_step]
@@ -83,7 +83,7 @@ class _Writer(ExperimentWriter):
 
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
         with open(self.metrics_file_path, newline="") as f:
-            _, rows = read_rows(f.read())
+            _, rows = csv_rows(f.read())
         _write_csv(self.metrics_file_path, fieldnames, rows)
 
 

@@ -2,13 +2,13 @@
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from lit_rl.checkpointing import atomic_write
 from lit_rl.rollout import RolloutBatch
 
 
@@ -39,9 +39,7 @@ class CompletionLog(Callback):
             return
         kept = [line for line in path.read_text().splitlines(keepends=True)
                 if line.strip() and json.loads(line)["step"] < trainer.global_step]
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text("".join(kept))
-        os.replace(temporary, path)                                     # never a half-rewritten log
+        atomic_write(path, lambda f: f.write("".join(kept).encode()))  # never a half-rewritten log
 
     def on_rollout_end(self, trainer: Trainer, pl_module: LightningModule, rollout: RolloutBatch) -> None:
         path = self.path(trainer)
