@@ -73,13 +73,14 @@ def group_rows(rows: list[tuple[str, dict[str, Any]]]) -> list[Group]:
         if "chosen" in row:
             completions = [(completion_text(where, "chosen", row["chosen"]), 1.0),
                            (completion_text(where, "rejected", row["rejected"]), 0.0)]
-            key = (where,)                                               # every pair is its own group
         else:
             completions = [(completion_text(where, "completion", row["completion"]), float(row["reward"]))]
-            key = row.get("prompt_index", json.dumps(row["prompt"]))
+        prompt_key = row.get("prompt_index", json.dumps(row["prompt"]))
+        key = (where,) if "chosen" in row else prompt_key                # every pair is its own group
         group = groups.setdefault(key, {"prompt": row["prompt"], "meta": row.get("meta") or {},
-                                        "prompt_ids": row.get("prompt_ids"), "completions": [], "rewards": [],
-                                        "correct": [], "completion_ids": [], "behaviour_logps": [], "where": where})
+                                        "prompt_key": prompt_key, "prompt_ids": row.get("prompt_ids"),
+                                        "completions": [], "rewards": [], "correct": [], "completion_ids": [],
+                                        "behaviour_logps": [], "where": where})
         if group["prompt"] != row["prompt"]:
             raise ValueError(f"{where}: prompt_index {key} was first seen at {group['where']} with another prompt")
         for text, reward in completions:
@@ -162,10 +163,11 @@ class OfflineData(LightningDataModule):
             add_behaviour_logps(self.groups, self.behaviour_model, self.behaviour_temperature, self.path)
         self.val_groups: list[Group] = []
         if self.val_fraction:
-            order = torch.randperm(len(self.groups), generator=torch.Generator().manual_seed(self.seed)).tolist()
-            held = set(order[:max(1, round(self.val_fraction * len(self.groups)))])
-            self.val_groups = [g for i, g in enumerate(self.groups) if i in held]
-            self.groups = [g for i, g in enumerate(self.groups) if i not in held]
+            prompts = list(dict.fromkeys(g["prompt_key"] for g in self.groups))  # a prompt's pairs stay together
+            order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(self.seed)).tolist()
+            held = {prompts[i] for i in order[:max(1, round(self.val_fraction * len(prompts)))]}
+            self.val_groups = [g for g in self.groups if g["prompt_key"] in held]
+            self.groups = [g for g in self.groups if g["prompt_key"] not in held]
 
     @property
     def group_size(self) -> int:
