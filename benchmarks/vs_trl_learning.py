@@ -476,7 +476,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, *flags, f"--beta={beta}", "--child", f"{library}:{algo}"]
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
             (out / f"{algo}-{library}.log").write_text(proc.stdout + proc.stderr)
-            line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+            line = [text for text in proc.stdout.splitlines() if text.startswith("RESULT ")]
             if proc.returncode != 0 or not line:
                 raise SystemExit(f"{algo} {library} failed (exit {proc.returncode}); log in "
                                  f"{out / f'{algo}-{library}.log'}:\n{proc.stderr[-3000:]}")
