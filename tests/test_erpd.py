@@ -62,7 +62,7 @@ def test_one_iteration_runs_each_stage_and_restores_pi_old(tiny_model_dir):
     torch.manual_seed(0)
     module = erpd(tiny_model_dir, online_steps=1)
     assert module.schedule.stages() == [("teacher", 0), ("student", 0), ("online", 0)]
-    trainer = fit(module, 4)                                            # exactly the teacher stage
+    fit(module, 4)                                                      # exactly the teacher stage
     assert module.schedule.stage == ("student", 0) and module.schedule.stage_step == 0    # on_train_end closed the stage
     for name, value in weights(module).items():                        # stage 2 starts from pi_old
         assert torch.equal(value, module.schedule.old_state[name]), name
