@@ -26,6 +26,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/lit-rl fit --config cli_configs/remax.yaml
 
 test: $(STAMP)
+	$(BIN)/ruff check lit_rl tests benchmarks
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 tests
 
 clean:

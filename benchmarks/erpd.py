@@ -72,11 +72,12 @@ def run(config: str, iterations: int, args: argparse.Namespace, extra: list[str]
         cli = LitRLCLI(run=False, args=["--config", str(ROOT / "cli_configs" / config), *overrides,
                                         "--model.init_args.teachers", teachers])
         module = cli.model
-    per_iteration = sum(t.epochs * math.ceil(rows / t.mini_batch_size) for t in module.teachers)
-    per_iteration += module.student_steps * (len(module.teachers) if module.ensemble == "sequential" else 1)
-    cli.trainer.fit_loop.epoch_loop.max_steps = iterations * (per_iteration + module.online_steps)
+    schedule = module.schedule
+    per_iteration = sum(t.epochs * math.ceil(rows / t.mini_batch_size) for t in schedule.teachers)
+    per_iteration += schedule.student_steps * (len(schedule.teachers) if schedule.ensemble == "sequential" else 1)
+    cli.trainer.fit_loop.epoch_loop.max_steps = iterations * (per_iteration + schedule.online_steps)
     cli.trainer.fit(module, datamodule=cli.datamodule)
-    return module.history
+    return schedule.history
 
 
 def line(name: str, record: dict) -> str:

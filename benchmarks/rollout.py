@@ -27,11 +27,10 @@ def child(which: str, path: str, args) -> None:
     import torch
 
     from lit_rl.policy import Policy
-    from lit_rl.rollout import HFEngine, Sampling
+    from lit_rl.rollout import HFEngine
 
     policy = Policy.load(path)
     ids, mask = policy.encode_prompts(prompts(args.prompts, 16), args.length)
-    sampling = Sampling(temperature=1.0, max_new_tokens=args.length)
     if which == "vllm":
         from vllm import SamplingParams
 
@@ -95,7 +94,7 @@ def main() -> None:
         env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1"}
         out = subprocess.run([sys.executable, __file__, "--child", which, "--model", path, *flags], cwd=ROOT, env=env,
                              capture_output=True, text=True)
-        line = [l for l in out.stdout.splitlines() if l.startswith("RESULT")]
+        line = [row for row in out.stdout.splitlines() if row.startswith("RESULT")]
         if out.returncode != 0 or not line:
             raise SystemExit(f"{which} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
         rates[which] = float(line[0].split()[1])

@@ -127,7 +127,7 @@ def main() -> None:
         for which in ("trl", "lit-rl"):
             out = subprocess.run([sys.executable, __file__, "--child", which, "--model", path, *flags], cwd=ROOT,
                                  capture_output=True, text=True)
-            line = [l for l in out.stdout.splitlines() if l.startswith("RESULT")]
+            line = [row for row in out.stdout.splitlines() if row.startswith("RESULT")]
             if out.returncode != 0 or not line:
                 raise SystemExit(f"{which} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
             seconds, rss = map(float, line[0].split()[1:])

@@ -1,6 +1,6 @@
 """lit-rl: reinforcement-learning fine-tuning of language models as PyTorch Lightning modules."""
 
-from lit_rl.callbacks import CompletionLog, GroupAdvantage, KLEntropyTracker, RolloutRefresh
+from lit_rl.callbacks import CompletionLog, GroupAdvantage, KLEntropyTracker, RolloutCallback, RolloutRefresh
 from lit_rl.chat import render_prompt
 from lit_rl.data import PromptData
 from lit_rl.modules import (
@@ -24,7 +24,7 @@ __all__ = [
     "DPO", "IPO", "REBEL", "TOPR", "ListwiseModule", "MultiCompletion", "OfflineData",
     "GRPO", "RLOO", "REINFORCE", "SFT", "CountdownData", "CountdownReward", "Generation", "GroupAdvantage",
     "HFEngine", "KLEntropyTracker", "LoraSettings", "Policy", "PolicyModule", "RLModule", "ReMax", "RewardFunction",
-    "RolloutBatch", "RolloutEngine", "RolloutRefresh", "Sampling", "Score", "VLLMEngine",
+    "RolloutBatch", "RolloutCallback", "RolloutEngine", "RolloutRefresh", "Sampling", "Score", "VLLMEngine",
     "CompletionLog", "FormatReward", "FunctionReward", "MathReward", "PromptData", "RewardModel", "RewardModelTraining", "Rewards", "render_prompt",
 ]
 __all__ += ["ERPD", "ERPDStageSwitch", "PPO", "Teacher"]

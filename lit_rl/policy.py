@@ -70,6 +70,18 @@ def sequence_inputs(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Ten
     return ids, attention, positions
 
 
+@dataclass
+class PolicyOutput:
+    """What one policy forward gives a loss, completion positions only (position ``t`` is the state that
+    predicts completion token ``t``): log-probs with gradient, the logits they came from (with gradient: an
+    entropy bonus), their entropy without gradient and, when asked, the last hidden state (a value head)."""
+
+    logps: Tensor                                                       # [B, C]
+    logits: Tensor                                                      # [B, C, V]
+    entropy: Tensor | None = None                                       # [B, C], no gradient
+    hidden: Tensor | None = None                                        # [B, C, H]
+
+
 class Policy(nn.Module):
     """A causal LM with the pieces RL needs. ``model`` is the trainable module; the frozen reference, when
     one is needed, is kept outside the module tree (it never enters checkpoints) but follows its device."""
@@ -138,18 +150,28 @@ class Policy(nn.Module):
                           model=self._reference[0])[0]
 
     # ------------------------------------------------------------------------------------------ log-probs
+    def forward(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor,
+                temperature: float = 1.0, entropy: bool = False, hidden: bool = False,
+                model: nn.Module | None = None) -> "PolicyOutput":
+        """One forward of prompt + completion: everything a loss may read (:class:`PolicyOutput`). Only the
+        completion's logits are computed (``logits_to_keep``); ``entropy`` and ``hidden`` ask for more."""
+        ids, attention, positions = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
+        num_completion = completion_ids.shape[1]
+        out = (model or self.model)(input_ids=ids, attention_mask=attention, position_ids=positions,
+                                    logits_to_keep=num_completion + 1, use_cache=False, output_hidden_states=hidden)
+        logits = out.logits[:, :-1]                                     # [B, C, V]: position t-1 predicts t
+        return PolicyOutput(
+            logps=token_logps(logits, completion_ids, temperature),     # [B, C]
+            logits=logits, entropy=token_entropy(logits, temperature) if entropy else None,
+            hidden=out.hidden_states[-1][:, -num_completion - 1:-1] if hidden else None)  # [B, C, H]
+
     def logps(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor,
               temperature: float = 1.0, entropy: bool = False,
               model: nn.Module | None = None) -> tuple[Tensor, Tensor | None]:
         """Per-token log-probs ``[B, C]`` of the completion tokens under ``logits / temperature``, and their
-        entropy ``[B, C]`` if asked. Only the completion's logits are computed (``logits_to_keep``)."""
-        ids, attention, positions = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
-        num_completion = completion_ids.shape[1]
-        logits = (model or self.model)(input_ids=ids, attention_mask=attention, position_ids=positions,
-                                       logits_to_keep=num_completion + 1, use_cache=False).logits
-        logits = logits[:, :-1]                                         # [B, C, V]: position t-1 predicts t
-        logps = token_logps(logits, completion_ids, temperature)         # [B, C]
-        return logps, token_entropy(logits, temperature) if entropy else None
+        entropy ``[B, C]`` if asked (the forward's two most used fields)."""
+        out = self(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, entropy, model=model)
+        return out.logps, out.entropy
 
     # ----------------------------------------------------------------------------------------- tokenising
     def prompt_budget(self, max_new_tokens: int) -> int | None:

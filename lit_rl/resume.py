@@ -17,6 +17,8 @@ RUN_KEYS = ("seed_everything", "model", "data", "optimizer", "lr_scheduler")   #
 HONOURED_KEYS = ("trainer",)                                                   # what it may, said aloud
 RECORD = "lit_rl"                                                              # the checkpoint's key for it
 MODULE_KEY = "lit_rl_module"
+# Settings added to a module after checkpoints were written: one written before ran with this value.
+ADDED_SETTINGS = {"model.init_args.num_iterations": 1, "model.init_args.mini_batches": 1}
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -33,6 +35,7 @@ def differences(saved: dict[str, Any], current: dict[str, Any], keys: tuple[str,
     """``(dotted key, saved value, current value)`` for every leaf under ``keys`` that differs."""
     a = flatten({k: saved.get(k) for k in keys})
     b = flatten({k: current.get(k) for k in keys})
+    a.update({k: v for k, v in ADDED_SETTINGS.items() if k in b and k not in a and "model" in saved})
     missing = object()
     return [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
             if a.get(k, missing) != b.get(k, missing) and not (a.get(k) is None and b.get(k) is None)]

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_rl.logprobs import token_logps
-from lit_rl.stopping import completion_mask, decoder, eos_token_ids, stop_mask
+from lit_rl.stopping import completion_mask, decoder, eos_token_ids, stop_mask  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.testing import assert_close
 
 from lit_rl import ERPD, GRPO, PPO, CountdownData, CountdownReward, ERPDStageSwitch, RewardFunction, Score, Teacher
-from lit_rl.modules.heads import ValueHead, capture_output
+from lit_rl.policy import sequence_inputs
 from lit_rl.rollout import Sampling
 
 ROOT = Path(__file__).parents[1]
@@ -61,32 +61,31 @@ def weights(module) -> dict[str, torch.Tensor]:
 def test_one_iteration_runs_each_stage_and_restores_pi_old(tiny_model_dir):
     torch.manual_seed(0)
     module = erpd(tiny_model_dir, online_steps=1)
-    assert module.stages() == [("teacher", 0), ("student", 0), ("online", 0)]
-    trainer = fit(module, 4)                                            # exactly the teacher stage
-    assert module.stage == ("student", 0) and module.stage_step == 0    # on_train_end closed the stage
+    assert module.schedule.stages() == [("teacher", 0), ("student", 0), ("online", 0)]
+    fit(module, 4)                                                      # exactly the teacher stage
+    assert module.schedule.stage == ("student", 0) and module.schedule.stage_step == 0    # on_train_end closed the stage
     for name, value in weights(module).items():                        # stage 2 starts from pi_old
-        assert torch.equal(value, module.old_state[name]), name
-    signal, mask = module.rollout.advantages, module.rollout.completion_mask.bool()
+        assert torch.equal(value, module.schedule.old_state[name]), name
+    signal, mask = module.schedule.rollout.advantages, module.schedule.rollout.completion_mask.bool()
     assert signal.shape == mask.shape and signal[mask].mean().abs() < 1e-5
     assert signal[mask].std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4) and (signal[~mask] == 0).all()
-    assert [h["stage"] for h in module.history] == ["base", "teacher"]
-    assert module.history[1]["kl_base"] > module.history[0]["kl_base"] == pytest.approx(0.0, abs=1e-6)
-    switch = next(c for c in trainer.callbacks if isinstance(c, ERPDStageSwitch))
-    assert switch.switches == [{"step": 4, "iteration": 1, "stage": "teacher", "teacher": 0, "steps": 4, "early": False}]
+    assert [h["stage"] for h in module.schedule.history] == ["base", "teacher"]
+    assert module.schedule.history[1]["kl_base"] > module.schedule.history[0]["kl_base"] == pytest.approx(0.0, abs=1e-6)
+    assert module.schedule.switches == [{"step": 4, "iteration": 1, "stage": "teacher", "teacher": 0, "steps": 4, "early": False}]
 
 
 def test_full_iterations_log_metrics_and_the_student_becomes_pi_old(tiny_model_dir):
     torch.manual_seed(0)
     module = erpd(tiny_model_dir, online_steps=1)
     trainer = fit(module, 7 + 4)                                       # iteration 1 (4 + 2 + 1), then iteration 2's teacher
-    assert [(h["iteration"], h["stage"]) for h in module.history] == [
+    assert [(h["iteration"], h["stage"]) for h in module.schedule.history] == [
         (1, "base"), (1, "teacher"), (1, "student"), (1, "online"), (2, "teacher")]
     for key in ("erpd/stage", "erpd/iteration", "erpd/teacher", "erpd/accuracy", "erpd/ratio", "erpd/entropy",
                 "train/kl_base", "train/kl", "train/loss", "train/entropy", "rollout/reward_mean"):
         assert key in trainer.callback_metrics, key
-    student = module.history[2]
+    student = module.schedule.history[2]
     assert 0 < student["ratio"] and 0 <= student["accuracy"] <= 1 and student["entropy"] > 0
-    assert module.iteration == 2 and module.rollout is not None         # iteration 2 sampled from the new pi_old
+    assert module.schedule.iteration == 2 and module.schedule.rollout is not None         # iteration 2 sampled from the new pi_old
 
 
 @pytest.mark.parametrize("loss", ["grpo", "ppo", "sapo", "ce", "mse"])
@@ -95,12 +94,12 @@ def test_every_teacher_loss_trains(tiny_model_dir, loss):
     module = erpd(tiny_model_dir, teachers=[Teacher(loss=loss, epochs=1, mini_batch_size=4, kl_coef=0.1)],
                   student_steps=1)
     trainer = fit(module, 1)                                           # one teacher step
-    assert trainer.global_step == 1 and module.stage == ("student", 0)
+    assert trainer.global_step == 1 and module.schedule.stage == ("student", 0)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
-    moved = module.teacher_logps[0] - module.rollout.old_logps
+    moved = module.schedule.teacher_logps[0] - module.schedule.rollout.old_logps
     assert moved.abs().sum() > 0, "the teacher step changed nothing"
     if loss == "ppo":
-        assert module.rollout.values is not None and module.rollout.returns is not None
+        assert module.schedule.rollout.values is not None and module.schedule.rollout.returns is not None
 
 
 def test_kl_to_base_is_k3_and_never_negative_where_k1_is(tiny_model_dir):
@@ -110,7 +109,7 @@ def test_kl_to_base_is_k3_and_never_negative_where_k1_is(tiny_model_dir):
     torch.manual_seed(0)
     module = erpd(tiny_model_dir, teachers=[Teacher(loss="ce", epochs=1, mini_batch_size=4, lr=1e-4)], student_lr=1e-4)
     trainer = fit(module, 1 + 2 + 1)                                   # teacher, student, iteration 2's teacher
-    records = module.history[1:]                                       # the base's own KL is exactly 0
+    records = module.schedule.history[1:]                                       # the base's own KL is exactly 0
     assert [(r["iteration"], r["stage"]) for r in records] == [(1, "teacher"), (1, "student"), (2, "teacher")]
     assert min(r["kl_base_k1"] for r in records) < 0, "the construction no longer gives a negative k1"
     assert all(r["kl_base"] > 0 for r in records)                     # k3: the policies moved, and it cannot go below 0
@@ -123,13 +122,13 @@ def test_no_distillation_keeps_the_teacher_and_strategy_3_uses_an_earlier_studen
     module = erpd(tiny_model_dir, teachers=[Teacher(loss="ce", epochs=1, mini_batch_size=4, strategy=3,
                                                     earlier_student=1)], student_steps=1)
     fit(module, 2 * 2)
-    assert [h.get("strategy") for h in module.history if h["stage"] == "teacher"] == [1, 3]   # 1: not yet there
-    assert set(module.students) == {1}
+    assert [h.get("strategy") for h in module.schedule.history if h["stage"] == "teacher"] == [1, 3]   # 1: not yet there
+    assert set(module.schedule.students) == {1}
     torch.manual_seed(0)
     plain = erpd(tiny_model_dir, teachers=[Teacher(loss="ce", epochs=1, mini_batch_size=4)], student_steps=0)
     fit(plain, 1)                                                       # teacher only: it becomes the next pi_old
-    assert plain.iteration == 2 and plain.rollout is None
-    assert any(not torch.equal(v, plain.old_state[k]) for k, v in weights(plain).items())
+    assert plain.schedule.iteration == 2 and plain.schedule.rollout is None
+    assert any(not torch.equal(v, plain.schedule.old_state[k]) for k, v in weights(plain).items())
 
 
 def test_strategy_2_divides_by_the_unlearned_checkpoint(tiny_model_dir):
@@ -137,12 +136,12 @@ def test_strategy_2_divides_by_the_unlearned_checkpoint(tiny_model_dir):
     module = erpd(tiny_model_dir, teachers=[Teacher(loss="mse", epochs=2, mini_batch_size=4, strategy=2,
                                                     unlearned_step=1)], student_steps=1)
     fit(module, 1)
-    assert 0 in module.unlearned                                        # pi_un kept on CPU after step 1
-    assert all(v.device.type == "cpu" for v in module.unlearned[0].values())
+    assert 0 in module.schedule.unlearned                                        # pi_un kept on CPU after step 1
+    assert all(v.device.type == "cpu" for v in module.schedule.unlearned[0].values())
     fit(module, 1)                                                      # the teacher's last step; then the switch
-    assert module.history[-1]["strategy"] == 2 and not module.unlearned  # consumed into the signal
+    assert module.schedule.history[-1]["strategy"] == 2 and not module.schedule.unlearned  # consumed into the signal
     for name, value in weights(module).items():                        # and pi_old, not pi_un, is restored
-        assert torch.equal(value, module.old_state[name]), name
+        assert torch.equal(value, module.schedule.old_state[name]), name
 
 
 @pytest.mark.parametrize("ensemble, stages", [
@@ -154,11 +153,11 @@ def test_teacher_ensembles(tiny_model_dir, ensemble, stages):
     teachers = [Teacher(loss="ce", epochs=1, mini_batch_size=4), Teacher(loss="mse", epochs=2, mini_batch_size=4,
                                                                          strategy=2, unlearned_step=1, weight=0.5)]
     module = erpd(tiny_model_dir, teachers=teachers, ensemble=ensemble, student_steps=1)
-    assert module.stages() == stages
+    assert module.schedule.stages() == stages
     fit(module, 1 + 2)                                                  # both teachers; then the first student stage
-    assert module.stage == stages[2] and set(module.signals) == {0, 1}
-    mask = module.rollout.completion_mask.bool()
-    assert module.rollout.advantages[mask].std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+    assert module.schedule.stage == stages[2] and set(module.schedule.signals) == {0, 1}
+    mask = module.schedule.rollout.completion_mask.bool()
+    assert module.schedule.rollout.advantages[mask].std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
 
 
 def test_validation_criterion_ends_a_stage_early(tiny_model_dir):
@@ -168,9 +167,9 @@ def test_validation_criterion_ends_a_stage_early(tiny_model_dir):
     switch = ERPDStageSwitch(monitor="val/accuracy", patience=1)
     fit(module, 3, callbacks=[switch], limit_val_batches=1, val_check_interval=1)
     # the tiny model never solves a puzzle: the 2nd validation does not improve, so stage 1 ends after 2 steps
-    assert switch.switches[0] | {"step": 2} == {"step": 2, "iteration": 1, "stage": "teacher", "teacher": 0,
+    assert module.schedule.switches[0] | {"step": 2} == {"step": 2, "iteration": 1, "stage": "teacher", "teacher": 0,
                                                 "steps": 2, "early": True}
-    assert module.stage == ("student", 0) and module.stage_step == 1
+    assert module.schedule.stage == ("student", 0) and module.schedule.stage_step == 1
 
 
 def test_resume_mid_stage_2_reproduces_the_uninterrupted_run(tiny_model_dir, tmp_path, stop=5):
@@ -188,16 +187,16 @@ def test_resume_mid_stage_2_reproduces_the_uninterrupted_run(tiny_model_dir, tmp
 
     straight = run(8)
     stopped = run(stop, every=stop)
-    assert stopped.iteration == 1 and stopped.stage == ("student", 0) and stopped.stage_step == 1
+    assert stopped.schedule.iteration == 1 and stopped.schedule.stage == ("student", 0) and stopped.schedule.stage_step == 1
     saved = torch.load(tmp_path / "last.ckpt", weights_only=True)       # loads with torch's safe unpickler
     assert (saved["erpd"]["iteration"], saved["erpd"]["phase"], saved["erpd"]["stage_step"]) == (1, 1, 1)
-    assert_close(saved["erpd"]["rollout"]["advantages"], stopped.rollout.advantages)
+    assert_close(saved["erpd"]["rollout"]["advantages"], stopped.schedule.rollout.advantages)
     resumed = run(8, ckpt_path=str(tmp_path / "last.ckpt"))
     for (name, a), b in zip(weights(straight).items(), weights(resumed).values()):
         assert torch.equal(a, b), name
-    assert [{k: v for k, v in h.items()} for h in straight.history] == resumed.history
-    assert torch.equal(straight.rollout.completion_ids, resumed.rollout.completion_ids)
-    assert resumed.iteration == 2 and len(resumed.history) == 3        # base, teacher, student
+    assert [{k: v for k, v in h.items()} for h in straight.schedule.history] == resumed.schedule.history
+    assert torch.equal(straight.schedule.rollout.completion_ids, resumed.schedule.rollout.completion_ids)
+    assert resumed.schedule.iteration == 2 and len(resumed.schedule.history) == 3        # base, teacher, student
 
 
 @pytest.mark.parametrize("unlearned_step, match", [
@@ -229,7 +228,7 @@ def test_an_all_zero_signal_stops_stage_2_with_a_message(tiny_model_dir):
              r".*stage 2 would train on nothing\. The teacher ran 2 steps and moved at most 0\.00e\+00")
     with pytest.raises(RuntimeError, match=match):
         fit(module, 3)                                                  # 2 teacher steps, then the switch
-    assert module.global_step == 2 and module.stage == ("teacher", 0) and not module.signals
+    assert module.global_step == 2 and module.schedule.stage == ("teacher", 0) and not module.schedule.signals
 
 
 def test_a_stage_ended_before_pi_un_is_named(tiny_model_dir):
@@ -268,13 +267,13 @@ def test_micro_batches_give_the_full_batch_gradient_for_ce_and_student_losses(ti
     torch.manual_seed(0)
     module = erpd(tiny_model_dir, student_kl_coef=0.1, student_entropy_coef=0.5)
     fit(module, 4)                                                      # now at the start of stage 2
-    rollout = module.rollout
+    rollout = module.schedule.rollout
     with torch.no_grad():
         for p in module.policy.parameters():
             p.add_(0.01 * torch.randn_like(p))
     params = [p for p in module.policy.parameters() if p.requires_grad]
     for phase in (0, 1):                                                # teacher (CE), student
-        module.phase = phase
+        module.schedule.phase = phase
         if phase == 0:
             rollout.advantages = torch.zeros(len(rollout))
         normalisers = module.normalisers(rollout)
@@ -313,11 +312,12 @@ def test_value_head_reads_the_same_hidden_states_as_the_training_forward(tiny_mo
     batch = next(iter(dm.train_dataloader()))
     rollout = ppo.sample(*ppo.encode(batch["prompt"], SAMPLING), batch["prompt"], batch["meta"], SAMPLING, 2)
     fields = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
-    direct = ppo.value_head.values(ppo.policy, *fields)
-    with capture_output(ValueHead.decoder(ppo.policy)) as outputs:
-        ppo.policy.logps(*fields)
-    captured = ppo.value_head(outputs[-1].last_hidden_state, rollout.completion_ids.shape[1])
-    assert_close(captured, direct, rtol=1e-5, atol=1e-6)
+    ids, attention, positions = sequence_inputs(*fields)                # the decoder alone, outside the forward
+    hidden = ppo.policy.model.get_decoder()(input_ids=ids, attention_mask=attention, position_ids=positions,
+                                            use_cache=False).last_hidden_state
+    direct = ppo.value_head.linear(hidden[:, -rollout.completion_ids.shape[1] - 1:-1].float()).squeeze(-1)
+    training = ppo.value_head(ppo.policy(*fields, hidden=True))        # what the training forward gives the loss
+    assert_close(training, direct, rtol=1e-5, atol=1e-6)
 
 
 ERPD_CONFIGS = sorted(p.stem for p in (ROOT / "cli_configs").glob("erpd*.yaml"))

@@ -277,3 +277,17 @@ def test_entropy_with_grad_matches_the_no_grad_entropy_and_a_naive_gradient():
     (g_ours,) = torch.autograd.grad(ours.sum(), logits)
     (g_naive,) = torch.autograd.grad(naive.sum(), logits)
     assert_close(g_ours, g_naive, rtol=1e-5, atol=1e-6)
+
+
+def test_gae_keeps_float64_values_in_float64():
+    """``gamma * lambda`` in float32 is 0.940500021, not 0.9405: float64 values must stay float64 throughout."""
+    values = torch.tensor([[0.5, -0.25, 0.125]], dtype=torch.float64)
+    rewards, mask = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64), torch.ones(1, 3)
+    advantages, returns = gae(rewards, values, mask, gamma=0.99, lam=0.95)
+    expected, next_value, next_adv = [0.0] * 3, 0.0, 0.0
+    for t in reversed(range(3)):                                        # the recursion in Python floats
+        delta = rewards[0, t].item() + 0.99 * next_value - values[0, t].item()
+        expected[t] = next_adv = delta + 0.99 * 0.95 * next_adv
+        next_value = values[0, t].item()
+    assert advantages.dtype == returns.dtype == torch.float64
+    assert_close(advantages[0], torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-15)

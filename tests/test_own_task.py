@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -14,12 +14,13 @@ from lit_rl import (
     Rewards, Sampling,
 )
 from lit_rl.generate import generate
+from lit_rl.callbacks import RolloutCallback
 from lit_rl.tiny import CHAT_ALPHABET, CHAT_TEMPLATE, CHAT_WORDS, build_tiny_model
 
 SAMPLING = Sampling(temperature=1.0, max_new_tokens=16)
 
 
-class Record(Callback):
+class Record(RolloutCallback):
     """Every rollout's tokens and scores, and the metrics logged at every step."""
 
     def __init__(self) -> None:

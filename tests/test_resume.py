@@ -2,7 +2,6 @@
 is honoured and said; metrics after a resume are the uninterrupted run's; an unreadable checkpoint is named."""
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from benchmarks.resume_sweep import rows, small_config
 from lit_rl import RLOO, TOPR, ReMax, CountdownData, CountdownReward, KLEntropyTracker, RewardFunction, Score
-from lit_rl.cli import LitRLCLI, main
+from lit_rl.cli import LitRLCLI
 from lit_rl.errors import ResumeMismatch, UnreadableCheckpoint
 from lit_rl.resume import plan_resume
 from lit_rl.rollout import Sampling

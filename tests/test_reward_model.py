@@ -4,12 +4,13 @@ resume with running normalisation, two reward models with weights in one RL step
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from lit_rl import RLOO, CountdownData, CountdownReward, RewardModel, Rewards, Sampling
 from lit_rl.rewards.model import RunningMeanStd
+from lit_rl.callbacks import RolloutCallback
 from lit_rl.tiny import CHAT_ALPHABET, CHAT_TEMPLATE, CHAT_WORDS, build_tiny_model
 
 SAMPLING = Sampling(temperature=1.0, max_new_tokens=12)
@@ -136,7 +137,7 @@ def test_normalisation_updates_in_training_only(rm_dir):
     assert rm.model.dtype == torch.bfloat16                             # follows the policy's dtype
 
 
-class Record(Callback):
+class Record(RolloutCallback):
     def __init__(self) -> None:
         self.rollouts, self.metrics = [], []
 

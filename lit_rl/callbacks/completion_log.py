@@ -5,14 +5,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_rl.checkpointing import atomic_write
+from lit_rl.callbacks.rollout_callback import RolloutCallback
 from lit_rl.rollout import RolloutBatch
 
 
-class CompletionLog(Callback):
+class CompletionLog(RolloutCallback):
     """Appends the first ``per_step`` samples of every rollout to ``<run dir>/completions.jsonl`` (one JSON
     object a line: ``step``, ``prompt``, ``completion``, ``reward``, ``correct``, ``components``, ``advantage``)
     and shows them as a TensorBoard text summary. A resumed run first drops the lines of the steps it will

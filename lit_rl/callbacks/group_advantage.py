@@ -1,12 +1,13 @@
 from typing import Literal
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 
 from lit_rl.objectives import GroupScale, grpo_advantages, rloo_advantages
+from lit_rl.callbacks.rollout_callback import RolloutCallback
 from lit_rl.rollout import RolloutBatch
 
 
-class GroupAdvantage(Callback):
+class GroupAdvantage(RolloutCallback):
     """Replaces the advantage estimator of any ``RLModule`` for each fresh rollout batch, from YAML.
 
     ``estimator``: ``rloo`` (leave-one-out) or ``grpo`` (group-centred, scaled by ``scale``); then, optionally,

@@ -8,6 +8,7 @@ and/or :meth:`RLModule.policy_loss`, nothing else.
 """
 
 import random
+from dataclasses import replace
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ from lit_rl.errors import ResumeMismatch
 from lit_rl.export import export_pretrained, merged_state_dict
 from lit_rl.objectives import Aggregation, KLEstimator, aggregate, kl_penalty, policy_gradient_loss, zero_std_groups
 from lit_rl.objectives import logp_diff, truncated_importance_weights
-from lit_rl.policy import LoraSettings, Policy
+from lit_rl.policy import LoraSettings, Policy, PolicyOutput
 from lit_rl.resume import MODULE_KEY, module_mismatch
 from lit_rl.rewards import Prompt, RewardFunction, score_batch
 from lit_rl.rollout import HFEngine, RolloutBatch, RolloutEngine, Sampling, accuracy
@@ -290,6 +291,8 @@ class RLModule(PolicyModule):
         log_kl: bool = True,
         max_grad_norm: float | None = 1.0,
         micro_batch_size: int | None = None,
+        num_iterations: int = 1,
+        mini_batches: int = 1,
         importance_sampling_cap: float | None = None,
         **kwargs: Any,
     ) -> None:
@@ -305,6 +308,9 @@ class RLModule(PolicyModule):
             log_kl: keep a frozen reference even when ``kl_coef = 0`` so ``train/kl`` is logged.
             max_grad_norm: clip the gradient norm (``None``: no clipping; the norm is logged either way).
             micro_batch_size: rows per forward/backward; gradients accumulate to one optimizer step.
+            num_iterations: optimisation passes over each rollout batch (GRPO's ``mu``, PPO's epochs).
+            mini_batches: optimizer steps per pass (the rollout is shuffled and split). Past one pass or one
+                step the batch is off-policy, so the old log-probs are computed (see :meth:`needs_old_logps`).
             importance_sampling_cap: weight each token's policy loss by ``min(pi_old / pi_engine, cap)``
                 (truncated importance sampling; needs an engine that returns log-probs, e.g. ``VLLMEngine``).
         """
@@ -315,13 +321,16 @@ class RLModule(PolicyModule):
             raise ValueError(f"kl_coef must be >= 0 (got {kl_coef})")
         if micro_batch_size is not None and micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1 or null (got {micro_batch_size})")
+        for name, value in (("num_iterations", num_iterations), ("mini_batches", mini_batches)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1 (got {value})")
         self.group_size, self.sampling, self.aggregation = group_size, sampling, aggregation
         self.kl_coef, self.kl_estimator, self.kl_in_reward = kl_coef, kl_estimator, kl_in_reward
         if importance_sampling_cap is not None and importance_sampling_cap <= 0:
             raise ValueError(f"importance_sampling_cap must be > 0 or null (got {importance_sampling_cap})")
         self.max_grad_norm, self.micro_batch_size = max_grad_norm, micro_batch_size
         self.importance_sampling_cap = importance_sampling_cap
-        self.num_iterations, self.mini_batches = 1, 1                   # GRPO reuses a rollout; on-policy PG does not
+        self.num_iterations, self.mini_batches = num_iterations, mini_batches
         self.automatic_optimization = False
         if kl_coef > 0 or log_kl:
             self.policy.enable_reference()
@@ -336,6 +345,11 @@ class RLModule(PolicyModule):
         Default: the on-policy REINFORCE surrogate ``-A * l_t``."""
         return policy_gradient_loss(logps, batch.advantages), None
 
+    def token_loss(self, output: PolicyOutput, batch: RolloutBatch) -> tuple[Tensor, Tensor | None]:
+        """:meth:`policy_loss` for a loss that reads more of the forward than its log-probs (a value head on
+        ``output.hidden``, which the forward returns when ``needs_hidden``; an entropy bonus on ``output.logits``)."""
+        return self.policy_loss(output.logps, batch)
+
     def collect(self, prompt_ids: Tensor, prompt_mask: Tensor, prompts: list[Prompt], metas: list[dict]) -> RolloutBatch:
         """Sample and score ``G`` completions per prompt (GRPO's dynamic sampling overrides this)."""
         return self.sample(prompt_ids, prompt_mask, prompts, metas, self.sampling, self.group_size)
@@ -344,11 +358,14 @@ class RLModule(PolicyModule):
         """The rows the objective learns from: all of them here (DPO keeps each group's best and worst)."""
         return rollout
 
-    def objective(self, logps: Tensor, micro: RolloutBatch, normalisers: dict[str, Any],
+    def objective(self, output: PolicyOutput, micro: RolloutBatch, normalisers: dict[str, Any],
                   stats: dict[str, Tensor]) -> Tensor:
         """The micro-batch's scalar loss, already divided by the step's global normaliser: here the per-token
-        :meth:`policy_loss` plus the KL penalty, aggregated. Sequence-level objectives override this."""
-        token_loss, clipped = self.policy_loss(logps, micro)                    # [b, C]
+        :meth:`token_loss` plus the KL penalty, aggregated. Sequence-level objectives override this."""
+        logps = output.logps
+        if micro.old_logps is None:                                             # on-policy: pi_old is pi_theta
+            micro = replace(micro, old_logps=logps.detach())
+        token_loss, clipped = self.token_loss(output, micro)                    # [b, C]
         if micro.is_weights is not None:
             token_loss = token_loss * micro.is_weights                          # engine/trainer mismatch
         if micro.ref_logps is not None and self.kl_coef > 0 and not self.kl_in_reward:
@@ -359,8 +376,13 @@ class RLModule(PolicyModule):
 
     # ------------------------------------------------------------------------------------- the shared loop
     whole_groups = False                                                # micro-batches may cut a group
+    needs_hidden = False                                                # the forward returns the last hidden state
 
     def needs_old_logps(self, rollout: RolloutBatch) -> bool:
+        """Whether the rollout's ``old_logps`` need a forward of their own: when the batch is optimised more than
+        once (``num_iterations`` or ``mini_batches`` > 1) or the KL is in the reward. Otherwise the policy that
+        sampled it is the one being trained, and the loss sees ``old_logps = sg(logps)`` (the same values, no
+        extra forward). A module whose loss needs them for another reason says so here."""
         return self.num_iterations > 1 or self.mini_batches > 1 or (self.kl_in_reward and self.kl_coef > 0)
 
     @torch.no_grad()
@@ -392,11 +414,27 @@ class RLModule(PolicyModule):
         if self.kl_in_reward and self.kl_coef > 0:
             seq_kl = (kl_penalty(rollout.old_logps, rollout.ref_logps, "k1") * rollout.completion_mask).sum(-1)
             rollout.rewards = rollout.scores - self.kl_coef * seq_kl     # [B]
+        if (critic := self.value_targets(rollout)) is not None:
+            rollout.values, rollout.returns = critic
         rollout.advantages = self.advantages(rollout)
-        for callback in self.trainer.callbacks if self._trainer is not None else []:
-            if callable(hook := getattr(callback, "on_rollout_end", None)):
-                hook(self.trainer, self, rollout)
+        self.on_rollout_end(rollout)
         return rollout
+
+    def value_targets(self, rollout: RolloutBatch) -> tuple[Tensor, Tensor] | None:
+        """A critic's values and value targets ``[B, C]`` of a scored rollout, computed before the advantages
+        (which may read them as ``rollout.values``); ``None``: no critic (PPO has one)."""
+        return None
+
+    def on_rollout_end(self, rollout: RolloutBatch) -> None:
+        """Hook: the rollout batch is complete (scored, log-probs, advantages), before any optimizer step on it.
+        Calls ``on_rollout_end(trainer, module, rollout)`` of every :class:`~lit_rl.callbacks.RolloutCallback`
+        of the trainer, in the trainer's order, under Lightning's profiler as Lightning calls its own hooks."""
+        from lit_rl.callbacks import RolloutCallback
+
+        for callback in self.trainer.callbacks if self._trainer is not None else []:
+            if isinstance(callback, RolloutCallback):
+                with self.trainer.profiler.profile(f"[Callback]{callback.state_key}.on_rollout_end"):
+                    callback.on_rollout_end(self.trainer, self, rollout)
 
     def _rowwise(self, rollout: RolloutBatch, logps_fn: Callable[..., Tensor]) -> Tensor:
         """``logps_fn`` over the whole rollout, ``micro_batch_size`` rows at a time (full completion width)."""
@@ -428,13 +466,13 @@ class RLModule(PolicyModule):
 
     def micro_loss(self, micro: RolloutBatch, normalisers: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss of one micro-batch, already divided by the step's global normaliser, and token-sum stats."""
-        logps, entropy = self.policy.logps(micro.prompt_ids, micro.prompt_mask, micro.completion_ids,
-                                           micro.completion_mask, self.sampling.logit_temperature, entropy=True)
+        output = self.policy(micro.prompt_ids, micro.prompt_mask, micro.completion_ids, micro.completion_mask,
+                             self.sampling.logit_temperature, entropy=True, hidden=self.needs_hidden)
         mask = micro.completion_mask
-        stats = {"entropy": (entropy * mask).sum(), "tokens": mask.sum()}
+        stats = {"entropy": (output.entropy * mask).sum(), "tokens": mask.sum()}
         if micro.ref_logps is not None:
-            stats["kl"] = (kl_penalty(logps.detach(), micro.ref_logps, self.kl_estimator) * mask).sum()
-        return self.objective(logps, micro, normalisers, stats), stats
+            stats["kl"] = (kl_penalty(output.logps.detach(), micro.ref_logps, self.kl_estimator) * mask).sum()
+        return self.objective(output, micro, normalisers, stats), stats
 
     def optimize(self, batch: RolloutBatch, stats: dict[str, Tensor]) -> None:
         """One optimizer step on ``batch``: micro-batches accumulate gradients under the batch's normaliser."""
@@ -447,9 +485,9 @@ class RLModule(PolicyModule):
             loss_sum += loss.detach()
             for key, value in micro_stats.items():
                 stats[key] = stats.get(key, 0) + value.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in self.policy.parameters() if p.requires_grad], self.max_grad_norm or float("inf"))
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.policy.parameters() if p.grad is not None])
         check_finite(grad_norm, "gradient norm", self.global_step)
+        self.clip_gradients(optimizer, self.max_grad_norm or 0.0, "norm")  # through the precision/strategy plugins
         optimizer.step()
         check_finite_weights(self, optimizer, self.global_step)         # manual optimization: already counted
         optimizer.zero_grad(set_to_none=True)

@@ -1,6 +1,7 @@
-"""ERPD: Extreme Region Policy Distillation (Chen et al. 2026, erpd-extreme-region-policy-distillation.txt)."""
+"""ERPD: Extreme Region Policy Distillation (Chen et al. 2026, "Extreme Region Policy Distillation",
+arXiv:2605.25582)."""
 
-import math
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -8,26 +9,37 @@ import torch
 from torch import Tensor
 
 from lit_rl.modules.base import RLModule
-from lit_rl.modules.erpd_stages import ERPDStages
-from lit_rl.modules.erpd_teacher import Teacher, cpu_state, teacher_loss
-from lit_rl.modules.heads import ValueHead, capture_output, entropy_with_grad
-from lit_rl.objectives import GroupScale, clipped_policy_loss, grpo_advantages, kl_penalty, policy_gradient_loss
-from lit_rl.rollout import RolloutBatch
+from lit_rl.modules.erpd_schedule import ERPDSchedule
+from lit_rl.modules.erpd_teacher import Teacher
+from lit_rl.modules.heads import ValueHead, entropy_with_grad
+from lit_rl.objectives import GroupScale, clipped_policy_loss, deviation_ratio, grpo_advantages, kl_penalty
+from lit_rl.objectives import policy_gradient_loss, ppo_advantages, ppo_returns, whiten
+from lit_rl.objectives.erpd import log_ratio_signal, sample_kl, signal_spread
+from lit_rl.policy import PolicyOutput
+from lit_rl.rollout import RolloutBatch, accuracy
 
 torch.serialization.add_safe_globals([Teacher])
 STAGE_CODES = {"online": 0, "teacher": 1, "student": 2}
+ZERO_SIGNAL = 1e-6   # nats: a log-ratio that varies less than this over the valid tokens whitens to nothing
 
 
-class ERPD(ERPDStages, RLModule):
+def cpu_state(module: torch.nn.Module) -> dict[str, Tensor]:
+    """A detached CPU copy of a module's weights: how ``pi_old``, ``pi_un`` and earlier students are kept (never
+    as extra modules in the tree)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+class ERPD(RLModule):
     """Changes the base's loop to ERPD's iterations: sample one fixed rollout batch from ``pi_old``; stage 1
     trains each teacher by many off-policy steps on it (sec. 3.1); stage 2 restarts from ``pi_old`` and
     distills the fixed whitened token signal ``log pi_e - log pi_den`` through the PPO clip (eq. 9); the
     result is the next ``pi_old``, optionally after ``online_steps`` of on-policy GRPO.
 
-    One optimizer step per training step; the shipped :class:`ERPDStageSwitch` callback ends each stage (after
-    its step count, or on a validation criterion) and the module then precomputes the signal, restores
-    ``pi_old`` and resets the optimizer's moments. Checkpoints carry the fixed batch, ``pi_old``'s weights, the
-    signals and the stage, so a run resumes mid-stage exactly. Departures from the paper:
+    One optimizer step per training step. The :class:`ERPDSchedule` says where the run is; at the start of the
+    batch after a stage's last step (or after an ``ERPDStageSwitch`` criterion asked for it) the module
+    evaluates the stage, precomputes the signal, restores ``pi_old`` and resets the optimizer's moments.
+    Checkpoints carry the schedule (the fixed batch, ``pi_old``'s weights, the signals, the stage), so a run
+    resumes mid-stage exactly. Departures from the paper:
     1. The prompts of an iteration are the one data batch of its first step; later steps' batches are unused.
     2. Online phases use one on-policy step per rollout (GRPO with ``num_iterations = 1``, i.e. the policy
        gradient with group-normalised advantages).
@@ -73,102 +85,162 @@ class ERPD(ERPDStages, RLModule):
         if student_mini_batch_size is not None and student_mini_batch_size < 1:
             raise ValueError(f"student_mini_batch_size must be >= 1 or null (got {student_mini_batch_size})")
         super().__init__(group_size=group_size, **kwargs)
-        self.teachers, self.ensemble, self.scale = teachers, ensemble, scale
-        self.student_steps, self.student_mini_batch_size, self.student_lr = student_steps, student_mini_batch_size, student_lr
+        self.teachers, self.scale, self.student_lr = teachers, scale, student_lr
         self.student_eps, self.student_kl_coef, self.student_entropy_coef = student_eps, student_kl_coef, student_entropy_coef
-        self.online_steps, self.eval_size, self.kl_samples = online_steps, eval_size, kl_samples
+        self.eval_size, self.kl_samples = eval_size, kl_samples
+        self.schedule = ERPDSchedule(teachers, ensemble, student_steps, student_mini_batch_size, online_steps)
         self.policy.enable_reference()                                  # the base model of KL(current || base)
-        self.value_head = ValueHead(self.policy) if any(t.loss == "ppo" for t in teachers) else None
-        self.iteration, self.phase, self.stage_step = 1, 0, 0
-        self.rollout: RolloutBatch | None = None
-        self.old_state: dict | None = None
-        self.unlearned, self.teacher_logps, self.signals, self.students = {}, {}, {}, {}
-        self.history: list[dict[str, Any]] = []
-        self.base_lrs: list[float] | None = None
-        self._outputs: list = []
-        self._hidden: list = []
+        self.needs_hidden = any(t.loss == "ppo" for t in teachers)      # a PPO teacher's value head
+        self.value_head = ValueHead(self.policy) if self.needs_hidden else None
 
-    # ------------------------------------------------------------------------------------ the schedule
-    def stages(self) -> list[tuple[str, int]]:
-        plan = [("teacher", k) for k in range(len(self.teachers))]
-        if self.student_steps > 0:
-            plan += [("student", k) for k in range(len(self.teachers))] if self.ensemble == "sequential" else [("student", -1)]
-        return plan + ([("online", 0)] if self.online_steps > 0 else [])
+    # ------------------------------------------------------------------ one iteration, stage by stage
+    def training_step(self, batch: dict[str, list], batch_idx: int) -> dict[str, Tensor]:
+        stats: dict[str, Tensor] = {}
+        schedule = self.schedule
+        kind, k = schedule.stage
+        if kind == "online":                                            # on-policy GRPO
+            self.optimize(self.make_rollout(batch), stats)
+        else:
+            if schedule.rollout is None:                                # a new iteration: D from pi_old
+                self.begin_iteration(batch)
+            self.optimize(schedule.rollout.select(schedule.rows()), stats)
+        schedule.stage_step += 1
+        teacher = self.teachers[k] if kind == "teacher" else None
+        if teacher and teacher.strategy == 2 and schedule.stage_step == teacher.unlearned_step:
+            schedule.unlearned[k] = cpu_state(self.policy.model)       # pi_un
+        if teacher and schedule.stage_step in teacher.save_steps and self.trainer.loggers and self.trainer.is_global_zero:
+            self.policy.model.save_pretrained(Path(self.trainer.log_dir, "erpd", f"iteration{schedule.iteration}",
+                                                   f"teacher{k}", f"step{schedule.stage_step}"))
+        self.log_dict({"erpd/stage": float(STAGE_CODES[kind]), "erpd/iteration": float(schedule.iteration),
+                       "erpd/teacher": float(k)}, batch_size=1)
+        return stats
 
-    @property
-    def stage(self) -> tuple[str, int]:
-        return self.stages()[self.phase]
+    def begin_iteration(self, batch: dict[str, list]) -> None:
+        """Sample the iteration's fixed rollout batch from ``pi_old`` (the current policy) and keep its weights."""
+        schedule = self.schedule
+        schedule.rollout = self.make_rollout(batch)                     # old log-probs, base log-probs, A_grpo
+        schedule.old_state = cpu_state(self.policy.model)
+        schedule.check_unlearned_steps()
+        if schedule.iteration == 1 and not schedule.history:
+            self.record("base", -1, log=True)
+        self.enter_stage()
 
-    def _rows_per_step(self) -> int:
-        kind, k = self.stage
-        return self.teachers[k].mini_batch_size if kind == "teacher" else self.student_mini_batch_size or len(self.rollout)
+    def enter_stage(self) -> None:
+        """Reset the optimizer's moments, set the stage's learning rate and the fixed batch's advantages."""
+        schedule, (kind, k) = self.schedule, self.schedule.stage
+        optimizer = self.optimizers().optimizer
+        optimizer.state.clear()
+        schedule.base_lrs = schedule.base_lrs or [group["lr"] for group in optimizer.param_groups]
+        lr = self.teachers[k].lr if kind == "teacher" else self.student_lr if kind == "student" else None
+        for group, base in zip(optimizer.param_groups, schedule.base_lrs):
+            group["lr"] = lr if lr is not None else base
+        rollout = schedule.rollout
+        if kind == "teacher":
+            rollout.advantages = grpo_advantages(rollout.rewards, rollout.group_size, self.scale)
+            if self.teachers[k].loss == "ppo":                          # gamma = lambda = 1 (sec. 4.1)
+                values = self._rowwise(rollout, lambda *a: self.value_head.values(self.policy, *a))
+                rollout.values, rollout.returns = values, ppo_returns(rollout.rewards, values, rollout.completion_mask)
+                rollout.advantages = ppo_advantages(rollout.rewards, values, rollout.completion_mask,
+                                                    adaptive_lambda_alpha=self.teachers[k].adaptive_lambda_alpha)
+        elif kind == "student":
+            rollout.advantages = schedule.student_signal()
 
-    def stage_length(self) -> int | None:
-        """Optimizer steps of the current stage (``None`` before the iteration's rollout exists)."""
-        kind, k = self.stage
-        if kind == "online":
-            return self.online_steps
-        if self.rollout is None:
-            return None
-        return self.student_steps if kind == "student" else self.teachers[k].epochs * math.ceil(len(self.rollout) / self._rows_per_step())
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """A stage ends at the start of the batch after its last step, never in the hook that saves a checkpoint,
+        so a checkpoint resumes to the same run whatever the callbacks' order."""
+        if self.schedule.switch_requested or self.schedule.stage_complete():
+            self.end_stage(log=True)
 
-    def stage_complete(self) -> bool:
-        length = self.stage_length()
-        return length is not None and self.stage_step >= length
+    def on_train_end(self) -> None:
+        if self.schedule.stage_complete():                              # evaluate the stage the run ended with
+            self.end_stage(log=False)
+        super().on_train_end()
 
-    def rows(self) -> Tensor:
-        """This step's rows of the fixed batch: epoch-wise shuffles drawn from (iteration, phase, epoch) alone."""
-        size = self._rows_per_step()
-        epoch, j = divmod(self.stage_step, math.ceil(len(self.rollout) / size))
-        g = torch.Generator().manual_seed(1_000_003 * self.iteration + 1_009 * self.phase + epoch)
-        return torch.randperm(len(self.rollout), generator=g).split(size)[j]
+    @torch.no_grad()
+    def end_stage(self, log: bool) -> None:
+        """Evaluate the stage (its record goes to the history), then enter the next one."""
+        schedule, (kind, k) = self.schedule, self.schedule.stage
+        if kind == "teacher":
+            self.end_teacher(k, log)
+        else:
+            record = self.record(kind, k, log=log)
+            if kind == "student":
+                student = self._rowwise(schedule.rollout, lambda *a: self.policy.logps(*a)[0])
+                rollout, teacher = schedule.rollout, schedule.teacher_logps[max(k, 0)]
+                record["ratio"] = float(deviation_ratio(student, rollout.old_logps, teacher, rollout.completion_mask))
+                if log:
+                    self.log("erpd/ratio", record["ratio"], batch_size=1)
+        if not schedule.advance(self.global_step):
+            self.enter_stage()
+            return
+        if any(t.strategy == 3 and t.earlier_student == schedule.iteration - 1 for t in self.teachers):
+            schedule.students[schedule.iteration - 1] = cpu_state(self.policy.model)
+        self.write_history()
 
-    # -------------------------------------------------------------------------------------- training
+    def end_teacher(self, k: int, log: bool) -> None:
+        """Evaluate teacher ``k``, precompute its log-probs and signal on the fixed batch (so the teacher need not
+        stay loaded), then restore ``pi_old`` unless this teacher is itself the next ``pi_old`` (no distillation)."""
+        schedule, teacher = self.schedule, self.teachers[k]
+        rollout, logps = schedule.rollout, lambda *a: self.policy.logps(*a)[0]     # noqa: E731
+        schedule.teacher_logps[k] = self._rowwise(rollout, logps)
+        record = self.record("teacher", k, log=log)
+        if schedule.student_steps > 0:
+            strategy = teacher.strategy if teacher.strategy != 3 or teacher.earlier_student in schedule.students else 1
+            if strategy == 2 and k not in schedule.unlearned:
+                raise RuntimeError(f"teacher {k}'s stage ended after {schedule.stage_step} steps, before its "
+                                   f"unlearned_step={teacher.unlearned_step}: there is no pi_un to divide by "
+                                   f"(a validation criterion ended the stage early?)")
+            if strategy == 1:
+                den = rollout.old_logps
+            else:
+                self.policy.model.load_state_dict(schedule.unlearned.pop(k) if strategy == 2
+                                                  else schedule.students[teacher.earlier_student])
+                den = self._rowwise(rollout, logps)
+            signal = log_ratio_signal(schedule.teacher_logps[k], den, rollout.completion_mask, teacher.outliers,
+                                      rows=rollout.correct == 1)
+            self.check_signal(k, strategy, signal)
+            schedule.signals[k] = whiten(signal, rollout.completion_mask)
+            record["strategy"] = strategy
+        if schedule.student_steps > 0 or k < len(self.teachers) - 1:
+            self.policy.model.load_state_dict(schedule.old_state)     # stage 2 (or the next teacher) restarts from pi_old
+
+    def check_signal(self, k: int, strategy: int, signal: Tensor) -> None:
+        """Stop, rather than distil nothing, when teacher ``k``'s log-ratio is constant on every valid token of the
+        fixed batch (its whitened signal is then zero, or rounding noise scaled up to unit variance)."""
+        schedule, mask = self.schedule, self.schedule.rollout.completion_mask
+        if (spread := float(signal_spread(signal, mask))) > ZERO_SIGNAL:
+            return
+        den = {1: "pi_old", 2: f"pi_un (step {self.teachers[k].unlearned_step})",
+               3: f"the student of iteration {self.teachers[k].earlier_student}"}[strategy]
+        moved = float(((schedule.teacher_logps[k] - schedule.rollout.old_logps) * mask).abs().max())
+        raise RuntimeError(
+            f"ERPD iteration {schedule.iteration}: teacher {k}'s distillation signal log pi_e - log {den} is zero on "
+            f"every valid token (spread {spread:.2e} <= {ZERO_SIGNAL:.0e} over {int(mask.sum())} tokens), so stage 2 "
+            f"would train on nothing. The teacher ran {schedule.stage_step} steps and moved at most {moved:.2e} from "
+            f"pi_old per token; causes: the denominator is the teacher itself, a teacher that did not move "
+            f"(zero advantages, e.g. every sample of each group scored the same; a zero learning rate), or "
+            f"outliers={self.teachers[k].outliers!r} masking every token")
+
+    # --------------------------------------------------------------------------------------- losses
     def needs_old_logps(self, rollout: RolloutBatch) -> bool:
-        return self.stage[0] != "online"
+        return self.schedule.stage[0] != "online"                       # the fixed batch is trained on many times
 
     def advantages(self, rollout: RolloutBatch) -> Tensor:
         return grpo_advantages(rollout.rewards, rollout.group_size, self.scale)
 
-    def training_step(self, batch: dict[str, list], batch_idx: int) -> dict[str, Tensor]:
-        stats: dict[str, Tensor] = {}
-        kind, k = self.stage
-        if kind == "online":
-            self.optimize(self.make_rollout(batch), stats)
-        else:
-            if self.rollout is None:
-                self.begin_iteration(batch)
-            self.optimize(self.rollout.select(self.rows()), stats)
-        self.stage_step += 1
-        if kind == "teacher" and self.teachers[k].strategy == 2 and self.stage_step == self.teachers[k].unlearned_step:
-            self.unlearned[k] = cpu_state(self.policy.model)          # pi_un
-        if kind == "teacher" and self.stage_step in self.teachers[k].save_steps and self.trainer.loggers:
-            out = Path(self.trainer.log_dir, "erpd", f"iteration{self.iteration}", f"teacher{k}", f"step{self.stage_step}")
-            if self.trainer.is_global_zero:
-                self.policy.model.save_pretrained(out)
-        self.log_dict({"erpd/stage": float(STAGE_CODES[kind]), "erpd/iteration": float(self.iteration),
-                       "erpd/teacher": float(k)}, batch_size=1)
-        return stats
-
-    def micro_loss(self, micro: RolloutBatch, normalisers: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        with capture_output(self.policy.model) as self._outputs, capture_output(ValueHead.decoder(self.policy)) as self._hidden:
-            return super().micro_loss(micro, normalisers)               # the forward's logits and hidden states
-
-    def policy_loss(self, logps: Tensor, batch: RolloutBatch) -> tuple[Tensor, Tensor | None]:
-        kind, k = self.stage
+    def token_loss(self, output: PolicyOutput, batch: RolloutBatch) -> tuple[Tensor, Tensor | None]:
+        kind, k = self.schedule.stage
+        logps = output.logps
         if kind == "online":
             return policy_gradient_loss(logps, batch.advantages), None
         if kind == "teacher":
-            values = None
-            if self.value_head is not None:
-                values = self.value_head(self._hidden[-1].last_hidden_state, logps.shape[1])   # [b, C]
-            return teacher_loss(self.teachers[k], logps, batch, values, self.kl_estimator)
+            values = self.value_head(output) if self.teachers[k].loss == "ppo" else None     # [b, C]
+            return self.teachers[k].token_loss(logps, batch, values, self.kl_estimator)
         loss, clipped = clipped_policy_loss(logps, batch.old_logps, batch.advantages, self.student_eps, self.student_eps)
         if self.student_kl_coef > 0:
             loss = loss + self.student_kl_coef * kl_penalty(logps, batch.old_logps, self.kl_estimator)
-        if self.student_entropy_coef > 0:                               # logits [b, C+1, V]: position t-1 predicts t
-            entropy = entropy_with_grad(self._outputs[-1].logits[:, :-1], self.sampling.logit_temperature)
-            loss = loss - self.student_entropy_coef * entropy
+        if self.student_entropy_coef > 0:
+            loss = loss - self.student_entropy_coef * entropy_with_grad(output.logits, self.sampling.logit_temperature)
         return loss, clipped
 
     def configure_optimizers(self) -> Any:
@@ -178,9 +250,61 @@ class ERPD(ERPDStages, RLModule):
                 {"params": list(self.value_head.parameters())})
         return config
 
-    def configure_callbacks(self) -> list:
-        from lit_rl.callbacks.erpd_stage import ERPDStageSwitch
+    # ------------------------------------------------------------------------- evaluation and state
+    @torch.no_grad()
+    def record(self, kind: str, k: int, log: bool) -> dict[str, Any]:
+        """Held-out accuracy, and KL(current || base) and entropy on the current policy's own samples of the
+        fixed batch's prompts, appended to the history. ``kl_base`` is the k3 estimate (unbiased, never
+        negative); ``kl_base_k1`` is sec. 4.1's token mean of ``log pi - log pi_base`` (unbiased, but negative
+        on small samples)."""
+        schedule, rollout = self.schedule, self.schedule.rollout
+        record: dict[str, Any] = {"iteration": schedule.iteration, "stage": kind, "teacher": k, "step": self.global_step}
+        if (share := self.heldout_accuracy()) is not None:
+            record["accuracy"] = share
+        G = rollout.group_size
+        own = self.sample(rollout.prompt_ids[::G], rollout.prompt_mask[::G], rollout.prompts[::G], rollout.metas[::G],
+                          self.sampling, self.kl_samples)
+        mask = own.completion_mask
+        fields, size = (own.prompt_ids, own.prompt_mask, own.completion_ids, mask), self.micro_batch_size or len(own)
+        parts = [self.policy.logps(*(f[s:s + size] for f in fields), self.sampling.logit_temperature, entropy=True)
+                 for s in range(0, len(own), size)]                    # one forward for log-probs and entropy
+        logps, entropy = (torch.cat([p[i] for p in parts]) * mask for i in (0, 1))
+        base = self._rowwise(own, self.policy.reference_logps)
+        record["kl_base"] = float(sample_kl(logps, base, mask, "k3"))
+        record["kl_base_k1"] = float(sample_kl(logps, base, mask, "k1"))
+        record["entropy"] = float(entropy.sum() / mask.sum().clamp(min=1))
+        schedule.history.append(record)
+        if log:
+            self.log_dict({"erpd/accuracy": record.get("accuracy", float("nan")), "train/kl_base": record["kl_base"],
+                           "erpd/entropy": record["entropy"]}, batch_size=1)
+        self.write_history()
+        return record
 
-        callbacks = super().configure_callbacks()
-        present = {type(c) for c in self.trainer.callbacks}
-        return callbacks + ([] if ERPDStageSwitch in present else [ERPDStageSwitch()])
+    def heldout_accuracy(self) -> float | None:
+        datamodule = self.trainer.datamodule
+        if self.eval_size == 0 or datamodule is None:
+            return None
+        correct: list[Tensor] = []
+        for batch in datamodule.val_dataloader():
+            rollout = self.sample(*self.encode(batch["prompt"], self.val_sampling), batch["prompt"], batch["meta"],
+                                  self.val_sampling)
+            correct.append(rollout.correct)
+            if self.eval_size is not None and sum(map(len, correct)) >= self.eval_size:
+                break
+        share = accuracy(torch.cat(correct)[:self.eval_size])
+        return None if share is None else float(share)
+
+    def write_history(self) -> None:
+        """``<run dir>/erpd_history.jsonl``: one line per evaluated stage (what the benchmark reads)."""
+        if self.trainer.loggers and self.trainer.log_dir is not None and self.trainer.is_global_zero:
+            lines = "".join(json.dumps(r) + "\n" for r in self.schedule.history)
+            Path(self.trainer.log_dir, "erpd_history.jsonl").write_text(lines)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["erpd"] = self.schedule.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        old = [s.get("switches") for key, s in checkpoint.get("callbacks", {}).items() if key.startswith("ERPDStageSwitch")]
+        self.schedule.load_state_dict(checkpoint["erpd"], old_switches=next((s for s in old if s), None))

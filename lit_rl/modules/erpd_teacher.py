@@ -1,21 +1,13 @@
-"""ERPD's settings for one stage-1 teacher, and the per-token loss each teacher kind trains with."""
+"""ERPD's settings for one stage-1 teacher, and its per-token loss: the standalone modules' own loss functions
+(GRPO's clip, PPO's clip and value loss, SAPO's gate), and the CE and MSE losses only ERPD has."""
 
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from torch import Tensor
 
-from lit_rl.objectives import (
-    KLEstimator,
-    Outliers,
-    ce_loss,
-    clipped_policy_loss,
-    clipped_value_loss,
-    kl_penalty,
-    mse_loss,
-    sapo_loss,
-)
+from lit_rl.objectives import KLEstimator, Outliers, ce_loss, clipped_policy_loss, kl_penalty, mse_loss, ppo_loss
+from lit_rl.objectives import sapo_loss
 from lit_rl.objectives.teacher import Reduce
 from lit_rl.rollout import RolloutBatch
 
@@ -78,34 +70,29 @@ class Teacher:
             if not ok:
                 raise ValueError(f"invalid teacher setting {name}={getattr(self, name)!r} in {self}")
 
-
-def teacher_loss(teacher: Teacher, logps: Tensor, batch: RolloutBatch, values: Tensor | None,
-                 kl_estimator: KLEstimator) -> tuple[Tensor, Tensor | None]:
-    """Per-token stage-1 loss ``[b, C]`` of one micro-batch of the fixed rollout (its ``old_logps`` are
-    ``pi_old``'s), and the clipped-token mask for clipped losses. CE's sequence loss is spread evenly over
-    the sequence's valid tokens, so ``seq_mean_token_mean`` aggregation gives exactly its mean over sequences."""
-    old, mask, clipped = batch.old_logps, batch.completion_mask, None
-    if teacher.loss in ("ce", "mse") and batch.correct.isnan().any():
-        raise ValueError(f"ERPD's {teacher.loss} teacher learns from correctness, but the reward judged none for some "
-                         f"samples (Score.correct is None): use a reward that reports correctness")
-    if teacher.loss == "grpo":
-        loss, clipped = clipped_policy_loss(logps, old, batch.advantages, teacher.eps_low, teacher.eps_high)
-    elif teacher.loss == "ppo":
-        loss, clipped = clipped_policy_loss(logps, old, batch.advantages, teacher.eps_low, teacher.eps_high)
-        loss = loss + teacher.vf_coef * clipped_value_loss(values, batch.values, batch.returns, teacher.value_clip)
-    elif teacher.loss == "sapo":
-        loss = sapo_loss(logps, old, batch.advantages, teacher.tau_pos, teacher.tau_neg)
-    elif teacher.loss == "ce":
-        per_seq = ce_loss(logps, old, mask, batch.correct, teacher.beta, teacher.reduce)   # [b]
-        loss = per_seq[:, None] * mask / mask.sum(-1, keepdim=True).clamp(min=1)           # [b, C]
-    else:
-        loss = mse_loss(logps, batch.correct, teacher.negative_weight)                      # [b, C]
-    if teacher.kl_coef > 0:
-        loss = loss + teacher.kl_coef * kl_penalty(logps, old, kl_estimator)
-    return loss, clipped
-
-
-def cpu_state(module: torch.nn.Module) -> dict[str, Tensor]:
-    """A detached CPU copy of a module's weights: how ``pi_old``, ``pi_un`` and earlier students are kept (never
-    as extra modules in the tree)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+    def token_loss(self, logps: Tensor, batch: RolloutBatch, values: Tensor | None,
+                   kl_estimator: KLEstimator) -> tuple[Tensor, Tensor | None]:
+        """Per-token stage-1 loss ``[b, C]`` of one micro-batch of the fixed rollout (its ``old_logps`` are
+        ``pi_old``'s; ``values`` the value head's, for ``ppo``), and the clipped-token mask of clipped losses.
+        CE's sequence loss is spread evenly over the sequence's valid tokens, so ``seq_mean_token_mean``
+        aggregation gives exactly its mean over sequences."""
+        old, mask, advantages = batch.old_logps, batch.completion_mask, batch.advantages
+        if self.loss in ("ce", "mse") and batch.correct.isnan().any():
+            raise ValueError(f"ERPD's {self.loss} teacher learns from correctness, but the reward judged none for "
+                             f"some samples (Score.correct is None): use a reward that reports correctness")
+        clipped = None
+        if self.loss == "grpo":                                         # the GRPO module's loss
+            loss, clipped = clipped_policy_loss(logps, old, advantages, self.eps_low, self.eps_high)
+        elif self.loss == "ppo":                                        # the PPO module's loss
+            loss, clipped = ppo_loss(logps, old, advantages, values, batch.values, batch.returns, self.eps_low,
+                                     self.eps_high, self.vf_coef, self.value_clip)
+        elif self.loss == "sapo":                                       # GRPO's loss: sapo
+            loss = sapo_loss(logps, old, advantages, self.tau_pos, self.tau_neg)
+        elif self.loss == "ce":
+            per_seq = ce_loss(logps, old, mask, batch.correct, self.beta, self.reduce)      # [b]
+            loss = per_seq[:, None] * mask / mask.sum(-1, keepdim=True).clamp(min=1)        # [b, C]
+        else:
+            loss = mse_loss(logps, batch.correct, self.negative_weight)                     # [b, C]
+        if self.kl_coef > 0:
+            loss = loss + self.kl_coef * kl_penalty(logps, old, kl_estimator)
+        return loss, clipped

@@ -29,8 +29,6 @@ class GRPO(RLModule):
         eps_high: float = 0.2,
         dual_clip: float | None = None,
         kl_coef: float = 0.04,
-        num_iterations: int = 1,
-        mini_batches: int = 1,
         dynamic_sampling: bool = False,
         max_resample_rounds: int = 3,
         loss: Literal["clip", "sapo"] = "clip",
@@ -44,8 +42,6 @@ class GRPO(RLModule):
             eps_low: lower clip ``1 - eps_low``.
             eps_high: upper clip ``1 + eps_high`` (DAPO's clip-higher uses 0.28).
             dual_clip: cap the loss of negative-advantage tokens at ``-c A`` (``c`` > 1, e.g. 3).
-            num_iterations: optimisation passes over each rollout batch (``mu`` in the paper).
-            mini_batches: optimizer steps per pass (the rollout is shuffled and split).
             dynamic_sampling: re-sample groups whose rewards are all equal (they carry no signal).
             max_resample_rounds: give up re-sampling after this many rounds and keep what is left.
             loss: ``clip`` (PPO clip) or ``sapo`` (soft gate ``sigmoid(tau (rho - 1)) * 4 / tau``; no clipping).
@@ -53,13 +49,8 @@ class GRPO(RLModule):
         """
         if group_size < 2:
             raise ValueError(f"GRPO needs group_size >= 2 samples per prompt (got group_size={group_size})")
-        if num_iterations < 1:
-            raise ValueError(f"num_iterations must be >= 1 (got {num_iterations})")
-        if mini_batches < 1:
-            raise ValueError(f"mini_batches must be >= 1 (got {mini_batches})")
         super().__init__(group_size=group_size, kl_coef=kl_coef, **kwargs)
         self.scale, self.eps_low, self.eps_high, self.dual_clip = scale, eps_low, eps_high, dual_clip
-        self.num_iterations, self.mini_batches = num_iterations, mini_batches
         self.dynamic_sampling, self.max_resample_rounds = dynamic_sampling, max_resample_rounds
         if loss not in ("clip", "sapo"):
             raise ValueError(f"GRPO loss must be 'clip' or 'sapo' (got {loss!r})")
@@ -69,10 +60,9 @@ class GRPO(RLModule):
         return grpo_advantages(rollout.rewards, rollout.group_size, self.scale)
 
     def policy_loss(self, logps: Tensor, batch: RolloutBatch) -> tuple[Tensor, Tensor | None]:
-        old_logps = batch.old_logps if batch.old_logps is not None else logps.detach()
         if self.loss == "sapo":
-            return sapo_loss(logps, old_logps, batch.advantages, self.tau_pos, self.tau_neg), None
-        return clipped_policy_loss(logps, old_logps, batch.advantages, self.eps_low, self.eps_high, self.dual_clip)
+            return sapo_loss(logps, batch.old_logps, batch.advantages, self.tau_pos, self.tau_neg), None
+        return clipped_policy_loss(logps, batch.old_logps, batch.advantages, self.eps_low, self.eps_high, self.dual_clip)
 
     def collect(self, prompt_ids: Tensor, prompt_mask: Tensor, prompts: list, metas: list[dict]) -> RolloutBatch:
         rollout = super().collect(prompt_ids, prompt_mask, prompts, metas)

@@ -1,27 +1,11 @@
-"""What some objectives need from the policy's forward beyond log-probs: the logits with gradient (an
-entropy bonus) and the last hidden state (a value head). Both are read off the one forward the shared loop
-already runs, through a forward hook, so no algorithm re-implements the policy's log-prob path."""
-
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+"""What some objectives add on top of the policy's forward (:class:`~lit_rl.policy.PolicyOutput`): a value
+head on its last hidden state, and a differentiable entropy of its logits (an entropy bonus)."""
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lit_rl.policy import Policy, sequence_inputs
-
-
-@contextmanager
-def capture_output(module: nn.Module) -> Iterator[list[Any]]:
-    """Collect ``module``'s forward outputs while the context is open."""
-    outputs: list[Any] = []
-    handle = module.register_forward_hook(lambda mod, args, out: outputs.append(out))
-    try:
-        yield outputs
-    finally:
-        handle.remove()
+from lit_rl.policy import Policy, PolicyOutput
 
 
 def _entropy(z: Tensor) -> Tensor:
@@ -48,19 +32,14 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
-    def forward(self, hidden: Tensor, num_completion: int) -> Tensor:
-        """``hidden [B, P+C, H]`` of a prompt + completion forward -> values ``[B, C]``."""
-        return self.linear(hidden[:, -num_completion - 1:-1].float()).squeeze(-1)
-
-    @staticmethod
-    def decoder(policy: Policy) -> nn.Module:
-        return policy.model.get_decoder()
+    def forward(self, output: PolicyOutput) -> Tensor:
+        """Values ``[B, C]`` of a forward that returned its hidden state (``hidden=True``)."""
+        if output.hidden is None:
+            raise ValueError("the value head reads the forward's last hidden state: call the policy with hidden=True")
+        return self.linear(output.hidden.float()).squeeze(-1)          # [B, C]
 
     @torch.no_grad()
     def values(self, policy: Policy, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
                completion_mask: Tensor, temperature: float = 1.0) -> Tensor:
         """Values ``[B, C]`` of a batch without gradient (the signature of ``RLModule._rowwise``'s functions)."""
-        ids, attention, positions = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
-        hidden = self.decoder(policy)(input_ids=ids, attention_mask=attention, position_ids=positions,
-                                      use_cache=False).last_hidden_state
-        return self(hidden, completion_ids.shape[1])
+        return self(policy(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, hidden=True))

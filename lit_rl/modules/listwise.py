@@ -16,6 +16,7 @@ from lit_rl.objectives import (
     rebel_loss,
     sequence_logps,
 )
+from lit_rl.policy import PolicyOutput
 from lit_rl.rollout import RolloutBatch
 
 
@@ -51,10 +52,10 @@ class ListwiseModule(RLModule):
     def normalisers(self, batch: RolloutBatch) -> dict[str, Any]:
         return {"num_groups": len(batch) // batch.group_size}
 
-    def objective(self, logps: Tensor, micro: RolloutBatch, normalisers: dict[str, Any],
+    def objective(self, output: PolicyOutput, micro: RolloutBatch, normalisers: dict[str, Any],
                   stats: dict[str, Tensor]) -> Tensor:
         mask = micro.completion_mask
-        seq = sequence_logps(logps, mask, self.average_logps)                          # [b]
+        seq = sequence_logps(output.logps, mask, self.average_logps)                          # [b]
         anchor = sequence_logps(self.anchor_logps(micro), mask, self.average_logps)    # [b]
         return self.group_loss(seq, anchor, micro).sum() / normalisers["num_groups"]
 

@@ -47,8 +47,12 @@ class ReMax(RLModule):
     One extra greedy decode and reward call per prompt; no critic. Departures from the paper:
     1. ``group_size`` may exceed 1 (the paper samples one ``y`` per prompt); the greedy baseline is shared by
        the prompt's samples, so it still never depends on them.
-    2. With ``kl_in_reward`` the KL term enters the sampled reward only, summed over tokens (the official
-       code adds it per token; with a sequence-level advantage the two are the same gradient).
+    2. With ``kl_in_reward`` the KL enters the sampled reward only, summed over tokens:
+       ``A = r - beta * sum_j k1_j - r(x, y_greedy)``, one advantage for every token, which ``advantage_clip``
+       then bounds together with the task reward. The official code instead adds ``-beta * k1_i`` to each token's
+       return, so token ``i``'s weight differs from lit-rl's by ``beta * sum_{j != i} k1_j`` (not the same
+       gradient), and its clip covers the task reward alone. lit-rl keeps one sequence-level advantage, as the
+       paper's eq. 5 is written and as every other sequence-level estimator here works.
     """
 
     def __init__(self, *, group_size: int = 1, advantage_clip: float | None = None, **kwargs: Any) -> None:

@@ -18,7 +18,15 @@ from lit_rl.objectives.erpd import (
     sample_kl,
     whiten,
 )
-from lit_rl.objectives.ppo import clipped_value_loss, gae, length_adaptive_lambda, outcome_token_rewards
+from lit_rl.objectives.ppo import (
+    clipped_value_loss,
+    gae,
+    length_adaptive_lambda,
+    outcome_token_rewards,
+    ppo_advantages,
+    ppo_loss,
+    ppo_returns,
+)
 from lit_rl.objectives.teacher import ce_loss, implicit_reward, mse_loss, sapo_loss
 from lit_rl.objectives.importance import logp_diff, truncated_importance_weights
 from lit_rl.objectives.kl import KLEstimator, kl_penalty
@@ -44,6 +52,7 @@ __all__ = [
 __all__ += [  # ERPD and PPO
     "Outliers", "ce_loss", "clipped_value_loss", "combine_signals", "deviation_ratio", "distillation_signal", "gae",
     "implicit_reward", "length_adaptive_lambda", "mask_outliers", "mse_loss", "outcome_token_rewards", "sample_kl",
-    "sapo_loss", "whiten", "logp_diff", "truncated_importance_weights",
+    "sapo_loss", "whiten", "logp_diff", "truncated_importance_weights", "ppo_advantages", "ppo_loss",
+    "ppo_returns",
 ]
 __all__ += ["PairMode", "bradley_terry_loss", "pairwise_accuracy", "preference_pairs"]  # reward models

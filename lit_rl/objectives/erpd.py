@@ -1,5 +1,5 @@
-"""ERPD stage 2 (Chen et al. 2026, erpd-extreme-region-policy-distillation.txt sec. 3.3-3.4, 4.5): the fixed
-token signal distilled into ``pi_old``, and the quantities the paper reads off a run."""
+"""ERPD stage 2 (Chen et al. 2026, "Extreme Region Policy Distillation", arXiv:2605.25582, sec. 3.3-3.4, 4.5):
+the fixed token signal distilled into ``pi_old``, and the quantities the paper reads off a run."""
 
 from typing import Literal
 

@@ -4,6 +4,9 @@ generalised advantage estimation, the length-adaptive lambda of VAPO, and the cl
 import torch
 from torch import Tensor
 
+from lit_rl.objectives.erpd import whiten
+from lit_rl.objectives.losses import clipped_policy_loss
+
 
 def outcome_token_rewards(rewards: Tensor, mask: Tensor) -> Tensor:
     """Place each sequence's reward ``[B]`` on its last valid token: ``[B, T]``, zero elsewhere."""
@@ -31,8 +34,8 @@ def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
     value per sequence ``[B]``. With ``gamma = lambda = 1`` and the outcome on the last token, ``A_t = R - V_t``.
     Returns ``(advantages [B, T], returns [B, T])``, detached and zero on padding.
     """
-    token_rewards, values, mask = token_rewards.detach(), values.detach(), mask.to(torch.float32)
-    lam = torch.as_tensor(lam, dtype=torch.float32, device=values.device).expand(values.shape[0])  # [B]
+    token_rewards, values, mask = token_rewards.detach(), values.detach(), mask.to(values.dtype)
+    lam = torch.as_tensor(lam, dtype=values.dtype, device=values.device).expand(values.shape[0])  # [B], values' dtype
     advantages = torch.zeros_like(values)                               # [B, T]
     next_value = torch.zeros_like(values[:, 0])                         # [B]
     next_adv = torch.zeros_like(values[:, 0])                           # [B]
@@ -56,3 +59,29 @@ def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip
         raise ValueError(f"value clip must be > 0 or null (got {clip})")
     clipped = (old_values + (values - old_values).clamp(-clip, clip) - returns).square()  # [B, T]
     return 0.5 * torch.maximum(unclipped, clipped)                      # [B, T]
+
+
+def ppo_returns(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
+                critic_lambda: float = 1.0) -> Tensor:
+    """PPO's value targets ``[B, T]`` from outcome rewards ``[B]`` and values ``[B, T]``: GAE with the critic's
+    lambda plus the values (``critic_lambda = 1``: the Monte Carlo return)."""
+    return gae(outcome_token_rewards(rewards, mask), values, mask, gamma, critic_lambda)[1]   # [B, T]
+
+
+def ppo_advantages(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 1.0,
+                   adaptive_lambda_alpha: float | None = None, whiten_advantages: bool = True) -> Tensor:
+    """PPO's per-token advantages ``[B, T]`` from outcome rewards ``[B]`` and values ``[B, T]``: GAE with the
+    policy's lambda (``lam``, or VAPO's length-adaptive one when ``adaptive_lambda_alpha`` is set), whitened over
+    the valid tokens if asked."""
+    policy_lam = lam if adaptive_lambda_alpha is None else length_adaptive_lambda(mask.sum(-1), adaptive_lambda_alpha)
+    advantages, _ = gae(outcome_token_rewards(rewards, mask), values, mask, gamma, policy_lam)   # [B, T]
+    return whiten(advantages, mask) if whiten_advantages else advantages
+
+
+def ppo_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, values: Tensor, old_values: Tensor,
+             returns: Tensor, eps_low: float = 0.2, eps_high: float = 0.2, vf_coef: float = 0.5,
+             value_clip: float | None = 0.2) -> tuple[Tensor, Tensor]:
+    """PPO's per-token objective (Schulman et al. 2017, eq. 9 without the entropy term): the clipped surrogate
+    plus ``vf_coef`` times the clipped value loss. Returns ``(loss [B, T], clipped [B, T] bool)``."""
+    loss, clipped = clipped_policy_loss(logps, old_logps, advantages, eps_low, eps_high)   # [B, T]
+    return loss + vf_coef * clipped_value_loss(values, old_values, returns, value_clip), clipped

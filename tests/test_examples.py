@@ -1,0 +1,48 @@
+"""The three cases of README "Writing a new algorithm", as written there: a new advantage, a new per-token loss
+that reads more of the forward than log-probs, and a sequence-level loss. Each trains on the tiny model."""
+
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Trainer
+
+from lit_rl import CountdownData, CountdownReward, Sampling
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def examples() -> dict[str, dict]:
+    """Run each ```python block of the README's "Writing a new algorithm" section; its classes by name."""
+    section = README.read_text().split("## Writing a new algorithm", 1)[1].split("\n## ", 1)[0]
+    namespace: dict = {}
+    for block in re.findall(r"```python\n(.*?)```", section, re.S):
+        exec(compile(block, str(README), "exec"), namespace)
+    return namespace
+
+
+def train(module_class, steps: int = 2, **kwargs) -> Trainer:
+    torch.manual_seed(0)
+    module = module_class(model=kwargs.pop("model"), reward=CountdownReward(), group_size=2,
+                          sampling=Sampling(temperature=1.0, max_new_tokens=8), **kwargs)
+    trainer = Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                      default_root_dir=tempfile.mkdtemp())
+    trainer.fit(module, datamodule=CountdownData(batch_size=2, train_size=16, val_size=4))
+    return trainer
+
+
+def test_a_new_advantage(tiny_model_dir):
+    trainer = train(examples()["CenteredReturn"], model=tiny_model_dir)
+    assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_a_new_per_token_loss_with_an_entropy_bonus(tiny_model_dir):
+    trainer = train(examples()["ClippedWithEntropy"], steps=4, model=tiny_model_dir, num_iterations=2)
+    assert trainer.global_step == 4 and "train/clip_frac" in trainer.callback_metrics
+
+
+def test_a_sequence_level_loss(tiny_model_dir):
+    trainer = train(examples()["SequenceReinforce"], model=tiny_model_dir)
+    assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
