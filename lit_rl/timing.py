@@ -1,8 +1,10 @@
 """Where a training step's time goes: wall-clock seconds per phase, logged as ``time/<phase>``.
 
-``with timer("generate"): ...`` adds the block's seconds to its phase (a phase entered twice in a step, e.g. the
-micro-batches' ``forward_backward``, sums); :meth:`PhaseTimer.pop` returns the step's totals and starts the next
-step afresh. On CUDA the timer synchronises the device at both ends of a block, so a phase holds the kernels it
+:meth:`PhaseTimer.start` begins a step (dropping whatever was timed since the last one, e.g. a validation's
+generation); ``with timer("generate"): ...`` adds the block's seconds to its phase (a phase entered twice in a
+step, e.g. the micro-batches' ``forward_backward``, sums); :meth:`PhaseTimer.count` adds to a counter (generated
+tokens); :meth:`PhaseTimer.stop` returns the step's seconds per phase, with ``step`` the whole, and its counts.
+On CUDA the timer synchronises the device at both ends of a block, so a phase holds the kernels it
 launched rather than the time to enqueue them; on CPU nothing is waited for and the cost is two clock reads.
 """
 
@@ -17,6 +19,8 @@ class PhaseTimer:
     def __init__(self, device: torch.device | str | None = None) -> None:
         self.device = torch.device(device) if device is not None else None
         self.seconds: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+        self.started = time.perf_counter()
 
     def _sync(self) -> None:
         if self.device is not None and self.device.type == "cuda":
@@ -32,7 +36,16 @@ class PhaseTimer:
             self._sync()
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
-    def pop(self) -> dict[str, float]:
-        """This step's seconds per phase; the timer is empty afterwards."""
-        seconds, self.seconds = self.seconds, {}
-        return seconds
+    def count(self, name: str, value: float) -> None:
+        self.counts[name] = self.counts.get(name, 0.0) + value
+
+    def start(self) -> None:
+        self._sync()
+        self.seconds, self.counts, self.started = {}, {}, time.perf_counter()
+
+    def stop(self) -> tuple[dict[str, float], dict[str, float]]:
+        """This step's seconds per phase (and ``step``, from :meth:`start`) and counts; the timer is empty after."""
+        self._sync()
+        seconds, counts = {**self.seconds, "step": time.perf_counter() - self.started}, self.counts
+        self.seconds, self.counts = {}, {}
+        return seconds, counts

@@ -28,6 +28,7 @@ from lit_rl.policy import LoraSettings, Policy, PolicyOutput
 from lit_rl.resume import MODULE_KEY, module_mismatch
 from lit_rl.rewards import Prompt, RewardFunction, score_batch
 from lit_rl.rollout import HFEngine, RolloutBatch, RolloutEngine, Sampling, accuracy
+from lit_rl.timing import PhaseTimer
 
 # Settings dataclasses are saved with the hyperparameters; let checkpoints load with torch's safe unpickler.
 torch.serialization.add_safe_globals([Sampling, LoraSettings])
@@ -118,6 +119,7 @@ class PolicyModule(LightningModule):
         self.chat = {"chat_template": chat_template, "system_prompt": system_prompt,
                      "chat_template_kwargs": chat_template_kwargs}
         self.val_accuracy, self.val_reward = MeanMetric(), MeanMetric()
+        self.timer = PhaseTimer()
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_fn([p for p in self.policy.parameters() if p.requires_grad])
@@ -130,14 +132,17 @@ class PolicyModule(LightningModule):
                sampling: Sampling, n: int = 1) -> RolloutBatch:
         """Generate ``n`` completions per prompt and score them: a rollout batch without log-probs yet.
         ``prompts`` are the dataset's prompts (text or messages) and ``metas`` their rows' other columns."""
-        generation = self.engine.generate(prompt_ids, prompt_mask, sampling, n)
-        texts = self.policy.decode(generation.completion_ids, generation.completion_mask, sampling.stop)
-        prompts, metas = [p for p in prompts for _ in range(n)], [m for m in metas for _ in range(n)]
+        with self.timer("generate"):
+            generation = self.engine.generate(prompt_ids, prompt_mask, sampling, n)
+        self.timer.count("generated_tokens", generation.completion_mask.sum().item())
+        with self.timer("score"):
+            texts = self.policy.decode(generation.completion_ids, generation.completion_mask, sampling.stop)
+            prompts, metas = [p for p in prompts for _ in range(n)], [m for m in metas for _ in range(n)]
+            scored = self.score(prompts, texts, metas, prompt_ids.device)
         return RolloutBatch(
             prompt_ids=prompt_ids.repeat_interleave(n, 0), prompt_mask=prompt_mask.repeat_interleave(n, 0),
             completion_ids=generation.completion_ids, completion_mask=generation.completion_mask,
-            metas=metas, group_size=n, behaviour_logps=generation.logps, prompts=prompts,
-            **self.score(prompts, texts, metas, prompt_ids.device))
+            metas=metas, group_size=n, behaviour_logps=generation.logps, prompts=prompts, **scored)
 
     def score(self, prompts: list[Prompt], texts: list[str], metas: list[dict],
               device: torch.device) -> dict[str, Any]:
@@ -205,6 +210,20 @@ class PolicyModule(LightningModule):
         longest = max(self.val_sampling.max_new_tokens, getattr(self, "sampling", self.val_sampling).max_new_tokens)
         budget = self.policy.prompt_budget(longest)
         return budget is None or len(self.policy.tokenize(self.render([prompt])[0])) <= budget
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.timer.device = self.device
+        self.timer.start()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Where the step's time went: ``time/<phase>`` seconds (``generate``, ``score``, ``old_logps``,
+        ``ref_logps``, ``forward_backward``, ``optimizer``; those the step had) and ``time/step`` in all, and
+        ``rollout/tokens_per_s`` (completion tokens generated over the seconds spent generating them)."""
+        seconds, counts = self.timer.stop()
+        metrics = {f"time/{phase}": value for phase, value in seconds.items()}
+        if counts.get("generated_tokens") and seconds.get("generate"):
+            metrics["rollout/tokens_per_s"] = counts["generated_tokens"] / seconds["generate"]
+        self.log_dict(metrics, batch_size=1)
 
     def on_train_end(self) -> None:
         """Export the trained policy with ``save_pretrained`` to ``<run dir>/hf_model``: it then loads in
@@ -398,7 +417,8 @@ class RLModule(PolicyModule):
             return rollout
         engine_logps = rollout.behaviour_logps is not None and not rollout.from_dataset
         if self.needs_old_logps(rollout) or engine_logps:
-            rollout.old_logps = self._rowwise(rollout, lambda *args: self.policy.logps(*args)[0])
+            with self.timer("old_logps"):
+                rollout.old_logps = self._rowwise(rollout, lambda *args: self.policy.logps(*args)[0])
         if engine_logps:                                                # an engine with its own log-probs
             mean_diff, max_diff = logp_diff(rollout.old_logps, rollout.behaviour_logps, rollout.completion_mask)
             self.log_dict({"rollout/logp_diff": mean_diff, "rollout/logp_diff_max": max_diff}, batch_size=len(rollout))
@@ -409,7 +429,8 @@ class RLModule(PolicyModule):
             raise ValueError(f"importance_sampling_cap needs an engine that returns log-probs; "
                              f"{type(self.engine).__name__} returned none")
         if self.policy.has_reference:
-            rollout.ref_logps = self._rowwise(rollout, self.policy.reference_logps)
+            with self.timer("ref_logps"):
+                rollout.ref_logps = self._rowwise(rollout, self.policy.reference_logps)
         rollout.rewards = rollout.scores
         if self.kl_in_reward and self.kl_coef > 0:
             seq_kl = (kl_penalty(rollout.old_logps, rollout.ref_logps, "k1") * rollout.completion_mask).sum(-1)
@@ -479,20 +500,22 @@ class RLModule(PolicyModule):
         optimizer, normalisers = self.optimizers(), self.normalisers(batch)
         loss_sum = torch.zeros((), device=self.device)
         for micro in batch.split(self.micro_batch_size, self.whole_groups):
-            loss, micro_stats = self.micro_loss(micro, normalisers)
-            check_finite(loss, "loss", self.global_step)
-            self.manual_backward(loss)
+            with self.timer("forward_backward"):
+                loss, micro_stats = self.micro_loss(micro, normalisers)
+                check_finite(loss, "loss", self.global_step)
+                self.manual_backward(loss)
             loss_sum += loss.detach()
             for key, value in micro_stats.items():
                 stats[key] = stats.get(key, 0) + value.detach()
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.policy.parameters() if p.grad is not None])
-        check_finite(grad_norm, "gradient norm", self.global_step)
-        self.clip_gradients(optimizer, self.max_grad_norm or 0.0, "norm")  # through the precision/strategy plugins
-        optimizer.step()
-        check_finite_weights(self, optimizer, self.global_step)         # manual optimization: already counted
-        optimizer.zero_grad(set_to_none=True)
-        if (scheduler := self.lr_schedulers()) is not None:
-            scheduler.step()
+        with self.timer("optimizer"):
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.policy.parameters() if p.grad is not None])
+            check_finite(grad_norm, "gradient norm", self.global_step)
+            self.clip_gradients(optimizer, self.max_grad_norm or 0.0, "norm")  # through the precision/strategy plugins
+            optimizer.step()
+            check_finite_weights(self, optimizer, self.global_step)     # manual optimization: already counted
+            optimizer.zero_grad(set_to_none=True)
+            if (scheduler := self.lr_schedulers()) is not None:
+                scheduler.step()
         self.log("train/loss", loss_sum, prog_bar=True, batch_size=len(batch), sync_dist=True)   # the global loss
         self.log("train/grad_norm", grad_norm, batch_size=len(batch))
 

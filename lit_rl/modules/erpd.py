@@ -148,6 +148,7 @@ class ERPD(RLModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """A stage ends at the start of the batch after its last step, never in the hook that saves a checkpoint,
         so a checkpoint resumes to the same run whatever the callbacks' order."""
+        super().on_train_batch_start(batch, batch_idx)
         if self.schedule.switch_requested or self.schedule.stage_complete():
             self.end_stage(log=True)
 
