@@ -122,10 +122,13 @@ def run_dir(root: Path) -> Path:
 
 
 def rows(path: Path) -> list[dict[str, str]]:
+    """metrics.csv's rows without empty cells and wall-clock metrics (``lit_rl.timing.is_wall_clock``)."""
     import csv
 
+    from lit_rl.timing import is_wall_clock
+
     with path.open(newline="") as f:
-        return [{k: v for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+        return [{k: v for k, v in r.items() if v != "" and not is_wall_clock(k)} for r in csv.DictReader(f)]
 
 
 def tensors(checkpoint: Path) -> dict[str, torch.Tensor]:

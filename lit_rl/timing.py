@@ -49,3 +49,9 @@ class PhaseTimer:
         seconds, counts = {**self.seconds, "step": time.perf_counter() - self.started}, self.counts
         self.seconds, self.counts = {}, {}
         return seconds, counts
+
+
+def is_wall_clock(metric: str) -> bool:
+    """Metrics that measure time (``time/*``, ``rollout/tokens_per_s``): they differ between two otherwise
+    identical runs, so exact comparisons of runs (resume, the generic and built-in paths) leave them out."""
+    return metric.startswith("time/") or metric == "rollout/tokens_per_s"

@@ -16,6 +16,7 @@ from lit_rl import (
 from lit_rl.generate import generate
 from lit_rl.callbacks import RolloutCallback
 from lit_rl.tiny import CHAT_ALPHABET, CHAT_TEMPLATE, CHAT_WORDS, build_tiny_model
+from lit_rl.timing import is_wall_clock
 
 SAMPLING = Sampling(temperature=1.0, max_new_tokens=16)
 
@@ -31,7 +32,7 @@ class Record(RolloutCallback):
                                                                        "correct", "advantages")})
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+        self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items() if not is_wall_clock(k)})
 
 
 def fit(module, data, steps: int, callbacks=(), logger=False, ckpt_path=None) -> Trainer:

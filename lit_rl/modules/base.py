@@ -215,9 +215,10 @@ class PolicyModule(LightningModule):
         self.timer.device = self.device
         self.timer.start()
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Where the step's time went: ``time/<phase>`` seconds (``generate``, ``score``, ``old_logps``,
-        ``ref_logps``, ``forward_backward``, ``optimizer``; those the step had) and ``time/step`` in all, and
+    def log_phases(self) -> None:
+        """Where the step's time went, logged at the end of ``training_step`` (before any checkpoint of the step
+        is written): ``time/<phase>`` seconds (``generate``, ``score``, ``old_logps``, ``ref_logps``,
+        ``forward_backward``, ``optimizer``; those the step had), ``time/step`` from the batch's start, and
         ``rollout/tokens_per_s`` (completion tokens generated over the seconds spent generating them)."""
         seconds, counts = self.timer.stop()
         metrics = {f"time/{phase}": value for phase, value in seconds.items()}
@@ -468,12 +469,11 @@ class RLModule(PolicyModule):
     def training_step(self, batch: dict[str, list], batch_idx: int) -> dict[str, Tensor]:
         rollout = self.make_rollout(batch)
         stats: dict[str, Tensor] = {}
-        if len(rollout) == 0:                                           # nothing to learn from (e.g. all ties)
-            return stats
-        for _ in range(self.num_iterations):
+        for _ in range(self.num_iterations if len(rollout) else 0):    # none: nothing to learn (e.g. all ties)
             order = torch.randperm(len(rollout)) if self.mini_batches > 1 else torch.arange(len(rollout))
             for index in order.chunk(self.mini_batches):
                 self.optimize(rollout.select(index), stats)
+        self.log_phases()
         return stats
 
     def normalisers(self, batch: RolloutBatch) -> dict[str, Any]:
