@@ -62,7 +62,8 @@ class ListwiseModule(RLModule):
 
 class REBEL(ListwiseModule):
     """Changes the loss to REBEL's regression of implicit reward gaps on reward gaps over every pair of a
-    group (Gao et al. 2024; ratio-matching paper eq. 9 and 13): ``((1/eta) h(y, y') - (r - r'))^2``.
+    group (Gao et al. 2024; Reward Distillation Through Ratio Matching eq. 9 and 13): ``((1/eta) h(y, y') - (r -
+    r'))^2``.
 
     Anchor (``anchor``): ``sampler``, the policy that generated the data (eq. 9: online, the policy at sampling
     time; offline, the dataset's behaviour log-probs), or ``reference`` (eq. 13, offline reward distillation).
@@ -106,7 +107,8 @@ class REBEL(ListwiseModule):
 
 
 class MultiCompletion(ListwiseModule):
-    """Changes the loss to multi-completion distribution matching (ratio-matching paper, Algorithm 1):
+    """Changes the loss to multi-completion distribution matching (Reward Distillation Through Ratio Matching,
+    Algorithm 1):
     per prompt ``KL(softmax(r / temperature) || softmax(beta (L - L_ref)))`` over its ``G`` completions.
     Option beyond the paper: ``reward_temperature``, a temperature on the rewards' softmax."""
 

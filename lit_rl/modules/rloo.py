@@ -11,7 +11,7 @@ from lit_rl.rollout import RolloutBatch
 
 class RLOO(RLModule):
     """Changes the base's advantage to ``A_i = r_i - mean_{j != i} r_j`` (Ahmadian et al. 2024;
-    rloo-vs-topr-countdown eq. 2-3). Needs ``group_size >= 2``."""
+    Off-Policy Finetuning for LLM Math Reasoning eq. 2-3). Needs ``group_size >= 2``."""
 
     def __init__(self, *, group_size: int = 4, **kwargs: Any) -> None:
         if group_size < 2:

@@ -11,7 +11,8 @@ from lit_rl.objectives import aggregate, sft_loss
 
 class SFT(PolicyModule):
     """Changes the base's objective to the token-mean NLL of demonstration completions
-    (rloo-vs-topr-countdown eq. 1). Uses Lightning's automatic optimization, so ``accumulate_grad_batches``
+    (Off-Policy Finetuning for LLM Math Reasoning eq. 1). Uses Lightning's automatic optimization, so
+    ``accumulate_grad_batches``
     and ``gradient_clip_val`` of the Trainer apply as usual."""
 
     def loss(self, batch: dict[str, list]) -> Tensor:

@@ -12,7 +12,8 @@ from lit_rl.rollout import RolloutBatch
 class TOPR(RLModule):
     """Changes the base's loss to ``-sg(alpha) (R - c) L(y)`` with the truncated importance weight
     ``alpha = clamp(pi(y) / mu(y), 0, 1)`` on samples below ``threshold`` and 1 on the others
-    (Le Roux et al. 2025; rloo-vs-topr-countdown eq. 4). Trains from ``OfflineData``; no KL, no reference.
+    (Le Roux et al. 2025; Off-Policy Finetuning for LLM Math Reasoning eq. 4). Trains from ``OfflineData``; no KL, no
+    reference.
 
     Departures and options:
     1. ``threshold`` defaults to 1, the Countdown study's choice for its non-negative rewards (only a correct

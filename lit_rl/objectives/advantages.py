@@ -35,7 +35,8 @@ def remax_advantages(rewards: Tensor, greedy_rewards: Tensor, clip: float | None
 
 
 def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
-    """RLOO (Ahmadian et al. 2024; rloo-vs-topr-countdown eq. 2): ``A_i = r_i - mean_{j != i} r_j``.
+    """RLOO (Ahmadian et al. 2024; Off-Policy Finetuning for LLM Math Reasoning eq. 2): ``A_i = r_i - mean_{j != i}
+    r_j``.
 
     Equals ``G / (G - 1) * (r_i - mean_j r_j)``; needs ``G >= 2``.
     """

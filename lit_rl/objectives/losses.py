@@ -46,5 +46,5 @@ def clipped_policy_loss(
 
 
 def sft_loss(logps: Tensor) -> Tensor:
-    """Supervised warm start (rloo-vs-topr-countdown eq. 1): per-token negative log-likelihood."""
+    """Supervised warm start (Off-Policy Finetuning for LLM Math Reasoning eq. 1): per-token negative log-likelihood."""
     return -logps                                                       # [B, T]

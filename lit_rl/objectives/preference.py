@@ -27,13 +27,15 @@ def dpo_loss(margins: Tensor, beta: float) -> Tensor:
 
 
 def ipo_loss(margins: Tensor, beta: float) -> Tensor:
-    """IPO (Azar et al. 2023, eq. 17; ratio-matching paper eq. 7): ``(h - 1/(2 beta))^2`` ``[N]``."""
+    """IPO (Azar et al. 2023, eq. 17; Reward Distillation Through Ratio Matching eq. 7): ``(h - 1/(2 beta))^2``
+    ``[N]``."""
     return (margins - 1.0 / (2.0 * beta)) ** 2
 
 
 def rebel_loss(seq_logps: Tensor, anchor_seq_logps: Tensor, rewards: Tensor, group_size: int,
                eta: float) -> Tensor:
-    """REBEL (Gao et al. 2024; ratio-matching paper eq. 9 and 13), over every pair ``i < j`` of each group:
+    """REBEL (Gao et al. 2024; Reward Distillation Through Ratio Matching eq. 9 and 13), over every pair ``i < j`` of
+    each group:
     ``((1/eta) h(y_i, y_j) - (r_i - r_j))^2`` ``[P, G(G-1)/2]``. The anchor is the data-generating policy
     (eq. 9) or the reference (offline reward distillation, eq. 13: eq. 9 with ``eta = 1/beta``, times ``eta^2``)."""
     if group_size < 2:
@@ -47,7 +49,8 @@ def rebel_loss(seq_logps: Tensor, anchor_seq_logps: Tensor, rewards: Tensor, gro
 
 def multi_completion_loss(seq_logps: Tensor, ref_seq_logps: Tensor, rewards: Tensor, group_size: int,
                           beta: float, temperature: float = 1.0) -> Tensor:
-    """Multi-completion distribution matching (ratio-matching paper, sec. 5, Algorithm 1), per prompt:
+    """Multi-completion distribution matching (Reward Distillation Through Ratio Matching, sec. 5, Algorithm 1), per
+    prompt:
     ``KL(softmax(r / temperature) || softmax(r^))`` with implicit rewards ``r^_i = beta (L(y_i) - L_ref(y_i))``;
     the target is detached. Zero exactly when ``r^_i = r_i / temperature + c(x)``. ``[P]``."""
     implicit = beta * (seq_logps - ref_seq_logps).view(-1, group_size)  # [P, G]

@@ -1,4 +1,5 @@
-"""Countdown puzzles (rloo-vs-topr-countdown sec. 3.3): reach a target with + - * / over given numbers, each
+"""Countdown puzzles (Off-Policy Finetuning for LLM Math Reasoning sec. 3.3): reach a target with + - * / over given
+numbers, each
 used at most once. Puzzles are built forwards from a random expression tree, so every one is solvable."""
 
 import hashlib
