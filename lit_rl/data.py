@@ -1,5 +1,6 @@
 """Prompt data. Batches are dicts of lists: ``prompt`` (text, or chat messages), ``meta`` (a dict of the row's
-other columns, which reach the reward) and, for supervised data, ``completion``."""
+other columns, which reach the reward) and, for supervised data, ``completion``. Stored groups of scored
+completions come as :class:`lit_rl.offline.StoredGroups` instead."""
 
 import random
 from collections.abc import Callable, Iterator
@@ -24,10 +25,11 @@ class ResumableBatches:
     batch the interrupted one would have drawn next (a plain shuffled DataLoader restarts its epoch).
     Under ``torch.distributed`` every rank shares the order and takes every ``world_size``-th batch."""
 
-    def __init__(self, rows: list[dict[str, Any]], batch_size: int, seed: int = 0) -> None:
+    def __init__(self, rows: list[dict[str, Any]], batch_size: int, seed: int = 0,
+                 collate: Callable[[list[dict[str, Any]]], Any] = collate) -> None:
         if len(rows) < batch_size:
             raise ValueError(f"batch_size={batch_size} is larger than the {len(rows)} training rows")
-        self.rows, self.batch_size, self.seed = rows, batch_size, seed
+        self.rows, self.batch_size, self.seed, self.collate = rows, batch_size, seed, collate
         self.epoch, self.position = 0, 0                                 # position: batches this rank has had
 
     @staticmethod
@@ -39,7 +41,7 @@ class ResumableBatches:
     def __len__(self) -> int:
         return len(self.rows) // self.batch_size // self._rank_and_world()[1]   # partial batches are dropped
 
-    def __iter__(self) -> Iterator[dict[str, list]]:
+    def __iter__(self) -> Iterator[Any]:
         if self.position >= len(self):                                  # the last epoch was used up: a new one
             self.epoch, self.position = self.epoch + 1, 0               # (Lightning never asks past an epoch's end)
         rank, world = self._rank_and_world()
@@ -47,7 +49,7 @@ class ResumableBatches:
         while self.position < len(self):
             start = (self.position * world + rank) * self.batch_size
             self.position += 1
-            yield collate([self.rows[i] for i in order[start:start + self.batch_size].tolist()])
+            yield self.collate([self.rows[i] for i in order[start:start + self.batch_size].tolist()])
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,37 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from lit_rl.checkpointing import atomic_torch_save
-from lit_rl.data import ResumableBatches, collate
+from lit_rl.data import ResumableBatches
 from lit_rl.policy import resolve
-from lit_rl.rewards import RewardFunction, score_batch
+from lit_rl.rewards import Prompt, RewardFunction, score_batch
 from lit_rl.rows import check_prompt, completion_text, read_rows
 
 Group = dict[str, Any]
 CACHE = Path.home() / ".cache" / "lit_rl" / "behaviour"
+
+
+@dataclass
+class StoredGroups:
+    """A batch of stored groups, prompt-major: each field has one entry per prompt, and the per-completion fields
+    one list per prompt (``completions[i][j]`` is prompt ``i``'s ``j``-th completion). Token ids and behaviour
+    log-probs are ``None`` for a prompt whose rows did not carry them. Its type is what tells a module's
+    ``make_rollout`` to replay stored completions instead of sampling (a prompt batch is a dict)."""
+
+    prompt: list[Prompt]
+    meta: list[dict[str, Any]]
+    completions: list[list[str]]
+    rewards: list[list[float]]
+    correct: list[list[bool | None]]
+    prompt_ids: list[list[int] | None]
+    completion_ids: list[list[list[int]] | None]
+    behaviour_logps: list[list[list[float]] | None]
+
+    @classmethod
+    def collate(cls, groups: list[Group]) -> "StoredGroups":
+        return cls(**{name: [g[name] for g in groups] for name in cls.__dataclass_fields__})
+
+    def __len__(self) -> int:
+        return len(self.prompt)
 
 
 def _check(where: str, row: dict[str, Any]) -> None:
@@ -174,11 +199,11 @@ class OfflineData(LightningDataModule):
         return len(self.groups[0]["completions"])
 
     def train_dataloader(self) -> ResumableBatches:
-        return ResumableBatches(self.groups, self.batch_size, self.seed)
+        return ResumableBatches(self.groups, self.batch_size, self.seed, collate=StoredGroups.collate)
 
     def val_dataloader(self) -> Any:
         if self.val_groups:
-            return DataLoader(self.val_groups, batch_size=self.batch_size, collate_fn=collate)
+            return DataLoader(self.val_groups, batch_size=self.batch_size, collate_fn=StoredGroups.collate)
         return [] if self.validation is None else self.validation.val_dataloader()
 
 

@@ -147,6 +147,9 @@ def module_mismatch(checkpoint: dict[str, Any], module_class: type, hparams: dic
     # describe(): the CLI saves settings as dicts, Python as dataclasses; compare what they hold
     saved = {k: describe(v) for k, v in checkpoint.get("hyper_parameters", {}).items()
              if k not in ("_class_path", "_instantiator")}
+    if saved:
+        added = {k.removeprefix("model.init_args."): v for k, v in ADDED_SETTINGS.items()}
+        saved = {**{k: v for k, v in added.items() if k in hparams}, **saved}
     current = {k: describe(v) for k, v in hparams.items() if k not in ("_class_path", "_instantiator")}
     diffs = [(k, saved.get(k, object()), current.get(k, object())) for k in sorted(set(saved) | set(current))
              if saved.get(k, object()) != current.get(k, object())]

@@ -1,14 +1,38 @@
+"""Fixtures, and the helpers test files share (``from conftest import SAMPLING, VAL, fit``)."""
+
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_rl.policy import Policy
+from lit_rl.rollout import Sampling
 from lit_rl.tiny import build_tiny_model
+
+ROOT = Path(__file__).parents[1]
+SAMPLING = Sampling(temperature=1.0, max_new_tokens=8)                  # the tiny runs' training sampling
+VAL = Sampling(temperature=0.0, max_new_tokens=8)                       # and their greedy validation
+
+
+def fit(module, datamodule, steps: int, callbacks=(), ckpt_path=None, root=None, **trainer_args) -> Trainer:
+    """``steps`` optimizer steps of ``module`` on CPU, quietly (no logger, progress bar, model summary or sanity
+    check); checkpoints only when a ``ModelCheckpoint`` is among ``callbacks``; no validation unless
+    ``limit_val_batches`` says; ``root`` (default: a fresh temporary directory) receives the exported ``hf_model/``.
+    Any other ``Trainer`` argument passes through."""
+    trainer = Trainer(**{"accelerator": "cpu", "max_steps": steps, "logger": False, "enable_progress_bar": False,
+                         "enable_model_summary": False, "num_sanity_val_steps": 0, "callbacks": list(callbacks),
+                         "enable_checkpointing": any(isinstance(c, ModelCheckpoint) for c in callbacks),
+                         "default_root_dir": root or tempfile.mkdtemp(), "limit_val_batches": 0, **trainer_args})
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    return trainer
 
 
 @pytest.fixture(scope="session")

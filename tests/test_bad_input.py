@@ -16,7 +16,8 @@ from lit_rl.rows import read_rows
 from lit_rl.policy import ASSETS, Policy, resolve
 from lit_rl.rollout import Sampling
 
-ROOT = Path(__file__).parents[1]
+from conftest import ROOT
+
 SHIPPED = str(sorted(f"builtin:{p.name}" for p in ASSETS.iterdir()))         # what the message must list
 
 

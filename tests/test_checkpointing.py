@@ -20,7 +20,8 @@ from lit_rl import RLOO, SFT, CountdownData, CountdownReward, OfflineData, offli
 from lit_rl.checkpointing import AtomicCheckpointIO, atomic_write
 from lit_rl.rollout import Sampling
 
-ROOT = Path(__file__).parents[1]
+from conftest import ROOT
+
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):

@@ -14,7 +14,8 @@ import pytest
 from lit_rl.cli import LitRLCLI
 from lit_rl.policy import Policy
 
-ROOT = Path(__file__).parents[1]
+from conftest import ROOT
+
 CONFIGS = sorted(p for p in (ROOT / "cli_configs").rglob("*.yaml")
                  if p.stem != "generate" and p.parent.name != "strategies")  # fit configs; fragments: test_strategies.py
 

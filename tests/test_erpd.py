@@ -6,8 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,11 +15,9 @@ from torch.testing import assert_close
 
 from lit_rl import ERPD, GRPO, PPO, CountdownData, CountdownReward, ERPDStageSwitch, RewardFunction, Score, Teacher
 from lit_rl.policy import sequence_inputs
-from lit_rl.rollout import Sampling
 
-ROOT = Path(__file__).parents[1]
-SAMPLING = Sampling(temperature=1.0, max_new_tokens=8)
-VAL = Sampling(temperature=0.0, max_new_tokens=8)
+from conftest import ROOT, SAMPLING, VAL
+from conftest import fit as shared_fit
 
 
 class DigitShare(RewardFunction):
@@ -44,14 +40,8 @@ def erpd(tiny_model_dir, teachers=(Teacher(loss="ce", epochs=2, mini_batch_size=
     return ERPD(model=tiny_model_dir, teachers=list(teachers), **settings)
 
 
-def fit(module, steps, tmp_path=None, callbacks=(), ckpt_path=None, **kwargs) -> Trainer:
-    trainer = Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-                      callbacks=list(callbacks), num_sanity_val_steps=0,
-                      default_root_dir=tmp_path or tempfile.mkdtemp(),     # on_train_end exports hf_model/ there
-                      **{"limit_val_batches": 0, **kwargs})
-    trainer.fit(module, datamodule=data(), ckpt_path=ckpt_path)
-    return trainer
+def fit(module, steps, tmp_path=None, **kwargs) -> Trainer:
+    return shared_fit(module, data(), steps, root=tmp_path, **kwargs)
 
 
 def weights(module) -> dict[str, torch.Tensor]:
@@ -197,6 +187,31 @@ def test_resume_mid_stage_2_reproduces_the_uninterrupted_run(tiny_model_dir, tmp
     assert [{k: v for k, v in h.items()} for h in straight.schedule.history] == resumed.schedule.history
     assert torch.equal(straight.schedule.rollout.completion_ids, resumed.schedule.rollout.completion_ids)
     assert resumed.schedule.iteration == 2 and len(resumed.schedule.history) == 3        # base, teacher, student
+
+
+def test_a_checkpoint_of_the_earlier_layout_resumes_to_the_same_run(tiny_model_dir, tmp_path):
+    """``tests/data/erpd_mid_stage2_c017ccb.ckpt`` was written by the code before the schedule object (commit
+    c017ccb: ERPD's state as module attributes, the stage switches in ``ERPDStageSwitch``'s state) at step 5 of
+    the run above (``stop=5``), on this same tiny model. Resumed by today's code it ends where 8 straight steps
+    of today's code end: the same weights, history and iteration-2 batch."""
+    teachers = [Teacher(loss="ce", epochs=2, mini_batch_size=2, strategy=2, unlearned_step=1)]
+
+    def run(ckpt_path=None):
+        torch.manual_seed(0)
+        module = erpd(tiny_model_dir, teachers=teachers)
+        torch.manual_seed(123 if ckpt_path else 0)
+        fit(module, 8, tmp_path, ckpt_path=ckpt_path)
+        return module
+
+    old = torch.load(ROOT / "tests" / "data" / "erpd_mid_stage2_c017ccb.ckpt", weights_only=True)
+    old["hyper_parameters"]["model"] = tiny_model_dir                  # it was made on a copy built elsewhere
+    torch.save(old, tmp_path / "old.ckpt")
+    straight, resumed = run(), run(str(tmp_path / "old.ckpt"))
+    for (name, a), b in zip(weights(straight).items(), weights(resumed).values()):
+        assert torch.equal(a, b), name
+    assert straight.schedule.history == resumed.schedule.history and len(resumed.schedule.history) == 3
+    assert torch.equal(straight.schedule.rollout.completion_ids, resumed.schedule.rollout.completion_ids)
+    assert [s["step"] for s in resumed.schedule.switches] == [4, 6]
 
 
 @pytest.mark.parametrize("unlearned_step, match", [

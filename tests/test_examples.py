@@ -2,13 +2,14 @@
 that reads more of the forward than log-probs, and a sequence-level loss. Each trains on the tiny model."""
 
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Trainer
 
 from lit_rl import CountdownData, CountdownReward, Sampling
+
+from conftest import fit
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -26,11 +27,7 @@ def train(module_class, steps: int = 2, **kwargs) -> Trainer:
     torch.manual_seed(0)
     module = module_class(model=kwargs.pop("model"), reward=CountdownReward(), group_size=2,
                           sampling=Sampling(temperature=1.0, max_new_tokens=8), **kwargs)
-    trainer = Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                      default_root_dir=tempfile.mkdtemp())
-    trainer.fit(module, datamodule=CountdownData(batch_size=2, train_size=16, val_size=4))
-    return trainer
+    return fit(module, CountdownData(batch_size=2, train_size=16, val_size=4), steps)
 
 
 def test_a_new_advantage(tiny_model_dir):

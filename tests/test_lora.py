@@ -8,12 +8,12 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.testing import assert_close
 
 from lit_rl.tasks.countdown import CountdownReward
-from lit_rl import GRPO, REINFORCE, RLOO, SFT, CountdownData, LoraSettings, ReMax, RewardFunction, Sampling, Score
+from lit_rl import GRPO, REINFORCE, RLOO, SFT, CountdownData, LoraSettings, ReMax, RewardFunction, Score
 from lit_rl.export import merged_state_dict
 from lit_rl.policy import Policy
 
-SAMPLING = Sampling(temperature=1.0, max_new_tokens=8)
-VAL = Sampling(temperature=0.0, max_new_tokens=8)
+from conftest import SAMPLING, VAL
+
 LORA = LoraSettings(r=4, alpha=8)
 
 

@@ -14,10 +14,9 @@ from lit_rl import GRPO, REINFORCE, RLOO, SFT, CountdownData, GroupAdvantage, Re
 from lit_rl.data import ResumableBatches
 from lit_rl.modules.base import RLModule
 from lit_rl.objectives import rloo_advantages, zero_std_groups
-from lit_rl.rollout import Sampling
 
-SAMPLING = Sampling(temperature=1.0, max_new_tokens=8)
-VAL = Sampling(temperature=0.0, max_new_tokens=8)
+from conftest import SAMPLING, VAL
+from conftest import fit as shared_fit
 
 
 def data(**kwargs) -> CountdownData:
@@ -30,13 +29,8 @@ def prompts(n: int = 4) -> dict[str, list]:
     return next(iter(data(batch_size=n).train_dataloader()))
 
 
-def fit(module, steps: int, tmp_path=None, callbacks=(), ckpt_path=None, **kwargs) -> Trainer:
-    trainer = Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, enable_checkpointing=bool(callbacks and tmp_path),
-                      callbacks=list(callbacks), num_sanity_val_steps=0, default_root_dir=tmp_path,
-                      **{"limit_val_batches": 1, **kwargs})
-    trainer.fit(module, datamodule=data(), ckpt_path=ckpt_path)
-    return trainer
+def fit(module, steps: int, tmp_path=None, **kwargs) -> Trainer:
+    return shared_fit(module, data(), steps, root=tmp_path, **{"limit_val_batches": 1, **kwargs})
 
 
 def grads(module, loss) -> list[torch.Tensor]:

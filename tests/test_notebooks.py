@@ -5,7 +5,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-ROOT = Path(__file__).parents[1]
+from conftest import ROOT
+
 
 
 def execute(name: str, cwd: Path) -> None:

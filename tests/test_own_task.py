@@ -18,6 +18,8 @@ from lit_rl.callbacks import RolloutCallback
 from lit_rl.tiny import CHAT_ALPHABET, CHAT_TEMPLATE, CHAT_WORDS, build_tiny_model
 from lit_rl.timing import is_wall_clock
 
+from conftest import fit
+
 SAMPLING = Sampling(temperature=1.0, max_new_tokens=16)
 
 
@@ -33,14 +35,6 @@ class Record(RolloutCallback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items() if not is_wall_clock(k)})
-
-
-def fit(module, data, steps: int, callbacks=(), logger=False, ckpt_path=None) -> Trainer:
-    trainer = Trainer(accelerator="cpu", max_steps=steps, logger=logger, enable_checkpointing=any(
-        isinstance(c, ModelCheckpoint) for c in callbacks), limit_val_batches=0, callbacks=list(callbacks),
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    return trainer
 
 
 def test_the_generic_path_equals_the_builtin_one():

@@ -16,7 +16,8 @@ from lit_rl.errors import ResumeMismatch, UnreadableCheckpoint
 from lit_rl.resume import plan_resume
 from lit_rl.rollout import Sampling
 
-SAMPLING = Sampling(temperature=1.0, max_new_tokens=8)
+from conftest import SAMPLING
+
 
 
 def fit(config: Path, root: Path, *args: str) -> LitRLCLI:

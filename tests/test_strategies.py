@@ -2,14 +2,14 @@
 Lightning's signatures. DDP and FSDP2 also instantiate here; they run for real in test_distributed.py.
 DeepSpeed cannot run on CPU under Lightning, so its fragments are checked as parsed values only."""
 
-from pathlib import Path
 
 import pytest
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from lit_rl.cli import LitRLCLI
 
-ROOT = Path(__file__).parents[1]
+from conftest import ROOT
+
 STRATEGIES = ROOT / "cli_configs" / "strategies"
 
 

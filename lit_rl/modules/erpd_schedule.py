@@ -3,8 +3,10 @@
 the iteration has built so far (``pi_old``'s weights, ``pi_un``, the teachers' log-probs and signals). It is
 advanced by the :class:`~lit_rl.modules.erpd.ERPD` module in its own hooks and saved in its checkpoints."""
 
+import json
 import math
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,10 +14,12 @@ from torch import Tensor
 
 from lit_rl.modules.erpd_teacher import Teacher
 from lit_rl.objectives import combine_signals
+from lit_rl.objectives.erpd import signal_spread
 from lit_rl.rollout import RolloutBatch
 
 STATE = ("iteration", "phase", "stage_step", "old_state", "unlearned", "teacher_logps", "signals", "students",
          "history", "base_lrs", "switches", "switch_requested")
+ZERO_SIGNAL = 1e-6   # nats: a log-ratio that varies less than this over the valid tokens whitens to nothing
 
 
 class ERPDSchedule:
@@ -97,6 +101,23 @@ class ERPDSchedule:
                     f"{teacher.mini_batch_size})), so strategy 2's signal log pi_e - log pi_un would be zero; "
                     f"choose unlearned_step < {length}")
 
+    def check_signal(self, k: int, strategy: int, signal: Tensor) -> None:
+        """Stop, rather than distil nothing, when teacher ``k``'s log-ratio is constant on every valid token of the
+        fixed batch (its whitened signal is then zero, or rounding noise scaled up to unit variance)."""
+        mask, teacher = self.rollout.completion_mask, self.teachers[k]
+        if (spread := float(signal_spread(signal, mask))) > ZERO_SIGNAL:
+            return
+        den = {1: "pi_old", 2: f"pi_un (step {teacher.unlearned_step})",
+               3: f"the student of iteration {teacher.earlier_student}"}[strategy]
+        moved = float(((self.teacher_logps[k] - self.rollout.old_logps) * mask).abs().max())
+        raise RuntimeError(
+            f"ERPD iteration {self.iteration}: teacher {k}'s distillation signal log pi_e - log {den} is zero on "
+            f"every valid token (spread {spread:.2e} <= {ZERO_SIGNAL:.0e} over {int(mask.sum())} tokens), so stage 2 "
+            f"would train on nothing. The teacher ran {self.stage_step} steps and moved at most {moved:.2e} from "
+            f"pi_old per token; causes: the denominator is the teacher itself, a teacher that did not move "
+            f"(zero advantages, e.g. every sample of each group scored the same; a zero learning rate), or "
+            f"outliers={teacher.outliers!r} masking every token")
+
     def advance(self, global_step: int) -> bool:
         """Record the stage's end and move to the next stage; ``True`` when that ends the iteration (the
         iteration's own state is then cleared: the next one samples a new fixed batch)."""
@@ -109,6 +130,10 @@ class ERPDSchedule:
         self.iteration, self.phase, self.rollout = self.iteration + 1, 0, None
         self.teacher_logps, self.signals, self.unlearned = {}, {}, {}
         return True
+
+    def write_history(self, path: Path) -> None:
+        """One JSON line per evaluated stage (what ``benchmarks/erpd.py`` reads)."""
+        path.write_text("".join(json.dumps(record) + "\n" for record in self.history))
 
     def state_dict(self) -> dict[str, Any]:
         state = {name: getattr(self, name) for name in STATE}

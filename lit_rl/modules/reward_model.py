@@ -10,6 +10,7 @@ from torch import Tensor
 from lit_rl.chat import ChatTemplate
 from lit_rl.modules.base import check_finite
 from lit_rl.objectives import PairMode, bradley_terry_loss, pairwise_accuracy, preference_pairs
+from lit_rl.offline import StoredGroups
 from lit_rl.rewards.model import eos_to_append, load_reward_model, pad_right, reward_inputs
 
 
@@ -92,11 +93,11 @@ class RewardModelTraining(LightningModule):
         ids, mask = pad_right(rows, self.tokenizer.pad_token_id, self.device)
         return self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float()  # [N]
 
-    def pair_scores(self, batch: dict[str, list]) -> tuple[Tensor, Tensor, Tensor] | None:
+    def pair_scores(self, batch: StoredGroups) -> tuple[Tensor, Tensor, Tensor] | None:
         """Scores of every pair's chosen and rejected completion ``[N]`` each, and the data's reward gaps ``[N]``;
         ``None`` when the batch holds no pair. Both sides of all pairs go through one forward."""
         prompts, chosen, rejected, gaps = [], [], [], []
-        for prompt, completions, rewards in zip(batch["prompt"], batch["completions"], batch["rewards"]):
+        for prompt, completions, rewards in zip(batch.prompt, batch.completions, batch.rewards):
             for i, j in preference_pairs(completions, rewards, self.pairs, self.min_reward_gap):
                 prompts.append(prompt)
                 chosen.append(completions[i])
@@ -112,7 +113,7 @@ class RewardModelTraining(LightningModule):
         margin = self.margin + (gaps if self.reward_gap_margin else 0.0)
         return bradley_terry_loss(chosen, rejected, margin, self.center_coef).mean()
 
-    def training_step(self, batch: dict[str, list], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: StoredGroups, batch_idx: int) -> Tensor | None:
         scored = self.pair_scores(batch)
         if scored is None:                                              # all ties: nothing to learn
             return None
@@ -124,7 +125,7 @@ class RewardModelTraining(LightningModule):
         self.log("train/pairs", float(n), batch_size=1)
         return loss
 
-    def validation_step(self, batch: dict[str, list], batch_idx: int) -> None:
+    def validation_step(self, batch: StoredGroups, batch_idx: int) -> None:
         scored = self.pair_scores(batch)
         if scored is None:
             return
