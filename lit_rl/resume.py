@@ -19,6 +19,8 @@ RECORD = "lit_rl"                                                              #
 MODULE_KEY = "lit_rl_module"
 # Settings added to a module after checkpoints were written: one written before ran with this value.
 ADDED_SETTINGS = {"model.init_args.num_iterations": 1, "model.init_args.mini_batches": 1}
+# Settings that change what is logged, not the run: a resume may switch them.
+LOGGING_SETTINGS = frozenset({"model.init_args.log_kl"})
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -37,7 +39,7 @@ def differences(saved: dict[str, Any], current: dict[str, Any], keys: tuple[str,
     b = flatten({k: current.get(k) for k in keys})
     a.update({k: v for k, v in ADDED_SETTINGS.items() if k in b and k not in a and "model" in saved})
     missing = object()
-    return [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
+    return [(k, a.get(k, missing), b.get(k, missing)) for k in sorted((set(a) | set(b)) - LOGGING_SETTINGS)
             if a.get(k, missing) != b.get(k, missing) and not (a.get(k) is None and b.get(k) is None)]
 
 
@@ -151,7 +153,8 @@ def module_mismatch(checkpoint: dict[str, Any], module_class: type, hparams: dic
         added = {k.removeprefix("model.init_args."): v for k, v in ADDED_SETTINGS.items()}
         saved = {**{k: v for k, v in added.items() if k in hparams}, **saved}
     current = {k: describe(v) for k, v in hparams.items() if k not in ("_class_path", "_instantiator")}
-    diffs = [(k, saved.get(k, object()), current.get(k, object())) for k in sorted(set(saved) | set(current))
+    logging = {k.removeprefix("model.init_args.") for k in LOGGING_SETTINGS}
+    diffs = [(k, saved.get(k, object()), current.get(k, object())) for k in sorted((set(saved) | set(current)) - logging)
              if saved.get(k, object()) != current.get(k, object())]
     if diffs:
         return (f"the checkpoint's run had other settings than this {module_class.__qualname__}:\n"

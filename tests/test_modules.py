@@ -63,7 +63,8 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_model_dir, aggregation)
 
 def test_old_logps_equal_current_logps_right_after_the_rollout(tiny_model_dir):
     torch.manual_seed(0)
-    module = GRPO(model=tiny_model_dir, reward=CountdownReward(), group_size=2, sampling=SAMPLING, num_iterations=2)
+    module = GRPO(model=tiny_model_dir, reward=CountdownReward(), group_size=2, sampling=SAMPLING, num_iterations=2,
+                  log_kl=True)
     rollout = module.make_rollout(prompts(2))
     logps, _ = module.policy.logps(rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
                                    rollout.completion_mask, SAMPLING.temperature)
@@ -90,12 +91,29 @@ def test_every_algorithm_trains_and_logs(tiny_model_dir, cls, kwargs):
     assert any(not torch.equal(b, p) for b, p in zip(before, module.policy.parameters()))
     logged = set(trainer.callback_metrics)
     for key in ("rollout/reward_mean", "rollout/reward_std", "rollout/accuracy", "rollout/completion_length",
-                "train/loss", "train/kl", "train/entropy", "train/grad_norm", "val/accuracy", "val/reward_mean"):
+                "train/loss", "train/entropy", "train/grad_norm", "val/accuracy", "val/reward_mean"):
         assert key in logged, key
+    assert ("train/kl" in logged) == (module.kl_coef > 0)                # log_kl is off by default
     if cls is not REINFORCE:
         assert "rollout/frac_zero_std_groups" in logged
     if cls is GRPO:
         assert "train/clip_frac" in logged
+
+
+def test_without_a_kl_penalty_the_reference_costs_nothing_unless_log_kl_asks(tiny_model_dir):
+    """``kl_coef = 0``: no reference copy, no reference forward, no ``ref_logps``; ``log_kl`` brings all three
+    back, and the loss is the same either way (the KL is only logged)."""
+    rows = prompts(2)
+    losses = {}
+    for log_kl in (False, True):
+        torch.manual_seed(0)
+        module = RLOO(model=tiny_model_dir, reward=CountdownReward(), group_size=2, sampling=SAMPLING, log_kl=log_kl)
+        assert module.policy.has_reference == log_kl
+        rollout = module.make_rollout(rows)
+        assert (rollout.ref_logps is not None) == log_kl
+        losses[log_kl], stats = module.micro_loss(rollout, module.normalisers(rollout))
+        assert ("kl" in stats) == log_kl
+    assert_close(losses[False], losses[True], rtol=0, atol=0)
 
 
 def test_sft_lowers_its_loss(tiny_model_dir):

@@ -105,10 +105,11 @@ def test_python_resumes_refuse_another_algorithm_or_setting(remax_run, tiny_mode
                           default_root_dir=tmp_path, enable_progress_bar=False, limit_val_batches=0)
         with pytest.raises(ResumeMismatch, match=match):
             trainer.fit(module, datamodule=data, ckpt_path=str(ckpt))
-    trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
-                      default_root_dir=tmp_path, enable_progress_bar=False, limit_val_batches=0)
-    trainer.fit(ReMax(**same), datamodule=data, ckpt_path=str(ckpt))    # the same settings, from Python: resumes
-    assert trainer.global_step == 2
+    for log_kl in (False, True):                                        # log_kl changes the logs, not the run
+        trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                          default_root_dir=tmp_path, enable_progress_bar=False, limit_val_batches=0)
+        trainer.fit(ReMax(**same, log_kl=log_kl), datamodule=data, ckpt_path=str(ckpt))   # the same run: resumes
+        assert trainer.global_step == 2
 
 
 def test_an_unreadable_checkpoint_is_named(remax_run, tiny_model_dir, tmp_path, run_main):
@@ -170,3 +171,15 @@ def test_an_older_checkpoint_is_checked_on_what_it_records():
         plan_resume("x.ckpt", old, current)
     with pytest.raises(ResumeMismatch, match="holds no record of the run that wrote it"):
         plan_resume("x.ckpt", {"global_step": 1, "hyper_parameters": {"group_size": 4}}, current)
+
+
+def test_a_logging_setting_may_change_on_a_resume_and_the_run_may_not():
+    """``log_kl`` only decides what is logged: switching it continues the run; switching ``kl_coef`` is refused."""
+    def config(**init_args):
+        return {"trainer": {"max_steps": 9}, "model": {"class_path": "lit_rl.RLOO", "init_args": {
+            "group_size": 4, "kl_coef": 0.0, "log_kl": True, **init_args}}}
+    checkpoint = {"global_step": 3, "hyper_parameters": {"_class_path": "lit_rl.RLOO", "group_size": 4,
+                                                         "kl_coef": 0.0, "log_kl": True}}
+    assert plan_resume("x.ckpt", checkpoint, config(log_kl=False)).global_step == 3
+    with pytest.raises(ResumeMismatch, match="model.init_args.kl_coef: 0.0 in the checkpoint, 0.1 now"):
+        plan_resume("x.ckpt", checkpoint, config(log_kl=False, kl_coef=0.1))

@@ -308,7 +308,7 @@ class RLModule(PolicyModule):
         kl_coef: float = 0.0,
         kl_estimator: KLEstimator = "k3",
         kl_in_reward: bool = False,
-        log_kl: bool = True,
+        log_kl: bool = False,
         max_grad_norm: float | None = 1.0,
         micro_batch_size: int | None = None,
         num_iterations: int = 1,
@@ -325,7 +325,8 @@ class RLModule(PolicyModule):
             kl_estimator: ``k1``, ``k2`` or ``k3`` for the per-token KL in the loss.
             kl_in_reward: put ``-beta * sum_t (l_old - l_ref)`` into the reward (RLOO/ReMax style) instead of
                 ``beta * k`` into the loss (GRPO style).
-            log_kl: keep a frozen reference even when ``kl_coef = 0`` so ``train/kl`` is logged.
+            log_kl: log ``train/kl`` to the reference even when ``kl_coef = 0`` (a reference forward per step, and
+                a frozen copy of the policy unless LoRA; off by default, as TRL logs the KL only when it is used).
             max_grad_norm: clip the gradient norm (``None``: no clipping; the norm is logged either way).
             micro_batch_size: rows per forward/backward; gradients accumulate to one optimizer step.
             num_iterations: optimisation passes over each rollout batch (GRPO's ``mu``, PPO's epochs).
@@ -350,7 +351,7 @@ class RLModule(PolicyModule):
             raise ValueError(f"importance_sampling_cap must be > 0 or null (got {importance_sampling_cap})")
         self.max_grad_norm, self.micro_batch_size = max_grad_norm, micro_batch_size
         self.importance_sampling_cap = importance_sampling_cap
-        self.num_iterations, self.mini_batches = num_iterations, mini_batches
+        self.num_iterations, self.mini_batches, self.log_kl = num_iterations, mini_batches, log_kl
         self.automatic_optimization = False
         if kl_coef > 0 or log_kl:
             self.policy.enable_reference()
@@ -405,6 +406,11 @@ class RLModule(PolicyModule):
         extra forward). A module whose loss needs them for another reason says so here."""
         return self.num_iterations > 1 or self.mini_batches > 1 or (self.kl_in_reward and self.kl_coef > 0)
 
+    def needs_ref_logps(self, rollout: RolloutBatch) -> bool:
+        """Whether the rollout needs the reference's log-probs (a forward of the reference): for the KL penalty
+        (``kl_coef > 0``) or to log ``train/kl`` (``log_kl``). A module whose loss reads them says so here."""
+        return self.kl_coef > 0 or self.log_kl
+
     @torch.no_grad()
     def make_rollout(self, batch: dict[str, list] | StoredGroups) -> RolloutBatch:
         """Sample (or, for a batch of stored groups, replay) and score completions; log-probs, advantages."""
@@ -429,7 +435,7 @@ class RLModule(PolicyModule):
         elif self.importance_sampling_cap is not None and not rollout.from_dataset:
             raise ValueError(f"importance_sampling_cap needs an engine that returns log-probs; "
                              f"{type(self.engine).__name__} returned none")
-        if self.policy.has_reference:
+        if self.needs_ref_logps(rollout):
             with self.timer("ref_logps"):
                 rollout.ref_logps = self._rowwise(rollout, self.policy.reference_logps)
         rollout.rewards = rollout.scores

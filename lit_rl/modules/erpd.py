@@ -58,7 +58,7 @@ class ERPD(RLModule):
                  student_mini_batch_size: int | None = None, student_lr: float | None = None,
                  student_eps: float = 0.2, student_kl_coef: float = 0.0, student_entropy_coef: float = 0.0,
                  online_steps: int = 0, scale: GroupScale = "group", eval_size: int | None = 200,
-                 kl_samples: int = 1, **kwargs: Any) -> None:
+                 kl_samples: int = 1, log_kl: bool = True, **kwargs: Any) -> None:
         """
         Args:
             teachers: one stage-1 teacher, or several for an ensemble (see :class:`Teacher`).
@@ -72,6 +72,7 @@ class ERPD(RLModule):
             scale: GRPO advantage scaling of the ``grpo``/``sapo`` teachers and the online phase.
             eval_size: held-out prompts evaluated at the end of every stage (``None``: all; 0: none).
             kl_samples: samples per prompt of the fixed batch that estimate ``KL(current || base)``.
+            log_kl: log ``train/kl`` (on here: ERPD keeps the base model for ``KL(current || base)`` anyway).
         """
         teachers = list(teachers) if teachers else [Teacher()]
         for name, value, low in (("student_steps", student_steps, 0), ("online_steps", online_steps, 0),
@@ -82,7 +83,7 @@ class ERPD(RLModule):
             raise ValueError(f"ERPD ensemble must be 'sequential' or 'simultaneous' (got {ensemble!r})")
         if student_mini_batch_size is not None and student_mini_batch_size < 1:
             raise ValueError(f"student_mini_batch_size must be >= 1 or null (got {student_mini_batch_size})")
-        super().__init__(group_size=group_size, **kwargs)
+        super().__init__(group_size=group_size, log_kl=log_kl, **kwargs)
         self.teachers, self.scale, self.student_lr = teachers, scale, student_lr
         self.student_eps, self.student_kl_coef, self.student_entropy_coef = student_eps, student_kl_coef, student_entropy_coef
         self.eval_size, self.kl_samples = eval_size, kl_samples

@@ -43,8 +43,15 @@ class ListwiseModule(RLModule):
         """Loss per prompt ``[P]`` of a micro-batch of whole groups."""
         raise NotImplementedError
 
+    def anchor_of(self, rollout: RolloutBatch) -> Literal["sampler", "reference"]:
+        """Whose log-probs anchor the implicit reward of ``rollout``: the reference here."""
+        return "reference"
+
     def anchor_logps(self, batch: RolloutBatch) -> Tensor:
         return batch.ref_logps
+
+    def needs_ref_logps(self, rollout: RolloutBatch) -> bool:
+        return super().needs_ref_logps(rollout) or self.anchor_of(rollout) == "reference"
 
     def advantages(self, rollout: RolloutBatch) -> Tensor:
         return rollout.rewards                                          # read by group_loss as rewards
@@ -86,14 +93,14 @@ class REBEL(ListwiseModule):
         super().__init__(group_size=group_size, beta=1.0 / eta, **kwargs)
         self.eta, self.anchor = eta, anchor
 
-    def _anchor(self, rollout: RolloutBatch) -> str:
+    def anchor_of(self, rollout: RolloutBatch) -> Literal["sampler", "reference"]:
         return self.anchor or ("reference" if rollout.from_dataset else "sampler")
 
     def needs_old_logps(self, rollout: RolloutBatch) -> bool:
-        return super().needs_old_logps(rollout) or (self._anchor(rollout) == "sampler" and not rollout.from_dataset)
+        return super().needs_old_logps(rollout) or (self.anchor_of(rollout) == "sampler" and not rollout.from_dataset)
 
     def anchor_logps(self, batch: RolloutBatch) -> Tensor:
-        if self._anchor(batch) == "reference":
+        if self.anchor_of(batch) == "reference":
             return batch.ref_logps
         if batch.from_dataset:
             if batch.behaviour_logps is None:

@@ -31,7 +31,6 @@ class TOPR(RLModule):
         baseline: float = 0.0,
         per_token: bool = False,
         aggregation: Aggregation = "seq_mean_token_sum",
-        log_kl: bool = False,
         **kwargs: Any,
     ) -> None:
         """
@@ -41,7 +40,7 @@ class TOPR(RLModule):
             per_token: per-token truncated ratios instead of the sequence ratio.
             aggregation: ``seq_mean_token_sum`` makes the loss the mean sequence loss of eq. 4.
         """
-        super().__init__(aggregation=aggregation, log_kl=log_kl, **kwargs)
+        super().__init__(aggregation=aggregation, **kwargs)
         self.threshold, self.baseline, self.per_token = threshold, baseline, per_token
 
     def advantages(self, rollout: RolloutBatch) -> Tensor:
