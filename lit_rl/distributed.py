@@ -1,6 +1,10 @@
-"""FSDP2 sharding of the policy, applied by ``PolicyModule.configure_model`` under ``ModelParallelStrategy``."""
+"""FSDP2 sharding of the policy, applied by ``PolicyModule.configure_model`` under ``ModelParallelStrategy``;
+what the modules need to know of DeepSpeed (its gradient norm, its clipping)."""
 
-from torch import nn
+from typing import Any
+
+import torch
+from torch import Tensor, nn
 
 
 def fully_shard_policy(model: nn.Module, mesh) -> nn.Module:
@@ -21,3 +25,35 @@ def fully_shard_policy(model: nn.Module, mesh) -> nn.Module:
     for m in {model, base}:
         m._is_fsdp_managed_module = True
     return model
+
+
+def deepspeed_grad_norm(strategy: Any) -> Tensor | None:
+    """The global gradient norm (before clipping) that DeepSpeed's engine computed in its last step, or ``None``
+    outside DeepSpeed or before its first step. ZeRO keeps the gradients in its own partitions, so ``p.grad`` is
+    ``None`` there and a norm over ``p.grad`` would read 0."""
+    engine = getattr(strategy, "deepspeed_engine", None) if is_deepspeed(strategy) else None
+    norm = engine.get_global_grad_norm() if engine is not None else None
+    return None if norm is None else torch.as_tensor(float(norm))
+
+
+def check_clipping(strategy: Any, max_grad_norm: float | None) -> None:
+    """Refuse ``max_grad_norm`` under DeepSpeed, where Lightning's clipping does nothing: DeepSpeed clips by its
+    own config's ``gradient_clipping``."""
+    if max_grad_norm is not None and is_deepspeed(strategy):
+        raise ValueError(f"max_grad_norm: {max_grad_norm} would not clip under DeepSpeed, which clips the gradients "
+                         "itself: set model.init_args.max_grad_norm: null and gradient_clipping in the strategy's "
+                         "config (as cli_configs/strategies/deepspeed_zero2.yaml and deepspeed_zero3.yaml do)")
+
+
+def is_deepspeed(strategy: Any) -> bool:
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    return isinstance(strategy, DeepSpeedStrategy)
+
+
+def shards_parameters(strategy: Any) -> bool:
+    """Whether ``strategy`` shards the parameters themselves (FSDP2, ZeRO-3), not only gradients and optimizer."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    stage = (getattr(strategy, "config", None) or {}).get("zero_optimization", {}).get("stage", 0)
+    return isinstance(strategy, ModelParallelStrategy) or (is_deepspeed(strategy) and stage == 3)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lit_rl.export import zero3_partitioned
 from lit_rl.logprobs import token_logps
 from lit_rl.stopping import completion_mask, decoder, eos_token_ids, stop_mask  # noqa: F401 (re-exported)
 
@@ -80,6 +81,13 @@ class HFEngine(RolloutEngine):
         self.model, self.tokenizer = model, tokenizer
         self.eos_token_ids = eos_token_ids(model, tokenizer)
 
+    def synced_gpus(self) -> bool | None:
+        """Keep the ranks' forwards in step when every forward is a collective: ZeRO-3 gathers each layer's
+        weights from all ranks, so a rank that stopped early would leave the others waiting. ``None`` leaves it
+        to ``transformers``, which sees FSDP2 (``lit_rl.distributed.fully_shard_policy`` marks the model)."""
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        return True if distributed and torch.distributed.get_world_size() > 1 and zero3_partitioned(self.model) else None
+
     @torch.no_grad()
     def generate(self, prompt_ids: Tensor, prompt_mask: Tensor, sampling: Sampling, n: int = 1) -> Generation:
         from transformers import GenerationConfig
@@ -96,7 +104,7 @@ class HFEngine(RolloutEngine):
         try:
             out = self.model.generate(input_ids=prompt_ids.repeat_interleave(n, 0),
                                       attention_mask=prompt_mask.repeat_interleave(n, 0), generation_config=config,
-                                      tokenizer=self.tokenizer)
+                                      tokenizer=self.tokenizer, synced_gpus=self.synced_gpus())
         finally:
             self.model.train(was_training)
         completion_ids = out.sequences[:, prompt_ids.shape[1]:]         # [B*n, C]

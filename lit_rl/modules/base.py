@@ -15,13 +15,15 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lit_rl.chat import ChatTemplate, render_prompt
 from lit_rl.checkpointing import SafeCheckpoints, nonfinite
+from lit_rl.distributed import check_clipping, deepspeed_grad_norm, fully_shard_policy, shards_parameters
 from lit_rl.errors import ResumeMismatch
-from lit_rl.export import export_pretrained, merged_state_dict
+from lit_rl.export import adapter_weights, export_pretrained, is_sharded, merged_state_dict
 from lit_rl.objectives import Aggregation, KLEstimator, aggregate, kl_penalty, policy_gradient_loss, zero_std_groups
 from lit_rl.objectives import logp_diff, truncated_importance_weights
 from lit_rl.offline import StoredGroups
@@ -232,15 +234,15 @@ class PolicyModule(LightningModule):
         Under LoRA it holds the merged weights, and ``hf_model/adapter`` the adapter alone (``lit_rl.export``).
         Without a logger there is no run directory and nothing is written."""
         log_dir = self.trainer.log_dir if self.trainer.loggers else None
-        state = None if self.device_mesh is None else merged_state_dict(self.policy.model)  # FSDP2: every rank gathers
+        model, sharded = self.policy.model, is_sharded(self.policy.model)   # FSDP2, ZeRO-3: every rank gathers
+        state = merged_state_dict(model) if sharded else None
+        adapter = adapter_weights(model) if sharded and self.policy.is_lora else None
         if log_dir is not None and self.trainer.is_global_zero:
-            export_pretrained(self.policy.model, self.policy.tokenizer, f"{log_dir}/hf_model", state)
+            export_pretrained(model, self.policy.tokenizer, f"{log_dir}/hf_model", state, adapter)
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy`` shard the policy with FSDP2 over the data-parallel mesh."""
         if self.device_mesh is not None:
-            from lit_rl.distributed import fully_shard_policy
-
             fully_shard_policy(self.policy.model, self.device_mesh["data_parallel"])
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
@@ -355,6 +357,15 @@ class RLModule(PolicyModule):
         self.automatic_optimization = False
         if kl_coef > 0 or log_kl:
             self.policy.enable_reference()
+
+    def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy
+        check_clipping(strategy, self.max_grad_norm)
+        if self.policy.has_reference and not self.policy.is_lora and shards_parameters(strategy):
+            size = sum(p.numel() * p.element_size() for p in self.policy.model.parameters()) / 2**30
+            rank_zero_warn(f"the frozen reference is a full, unsharded copy of the policy on every device "
+                           f"({size:.2f} GiB) under {type(strategy).__name__}, which shards the policy itself; "
+                           "under LoRA the reference is the adapter-disabled policy and costs nothing")
 
     # ------------------------------------------------------------------------- what an algorithm overrides
     def advantages(self, rollout: RolloutBatch) -> Tensor:
@@ -514,16 +525,21 @@ class RLModule(PolicyModule):
             for key, value in micro_stats.items():
                 stats[key] = stats.get(key, 0) + value.detach()
         with self.timer("optimizer"):
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.policy.parameters() if p.grad is not None])
-            check_finite(grad_norm, "gradient norm", self.global_step)
+            grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None  # None: ZeRO holds the gradients
+            if grad_norm is not None:
+                check_finite(grad_norm, "gradient norm", self.global_step)
             self.clip_gradients(optimizer, self.max_grad_norm or 0.0, "norm")  # through the precision/strategy plugins
             optimizer.step()
+            if grad_norm is None:
+                grad_norm = deepspeed_grad_norm(self.trainer.strategy)  # the norm DeepSpeed's step computed
             check_finite_weights(self, optimizer, self.global_step)     # manual optimization: already counted
             optimizer.zero_grad(set_to_none=True)
             if (scheduler := self.lr_schedulers()) is not None:
                 scheduler.step()
         self.log("train/loss", loss_sum, prog_bar=True, batch_size=len(batch), sync_dist=True)   # the global loss
-        self.log("train/grad_norm", grad_norm, batch_size=len(batch))
+        if grad_norm is not None:
+            self.log("train/grad_norm", grad_norm, batch_size=len(batch))
 
     def log_rollout(self, rollout: RolloutBatch) -> None:
         scores, size = rollout.scores, len(rollout)
