@@ -1,6 +1,6 @@
 """lit-rl GRPO against TRL's ``GRPOTrainer``, side by side on CPU: wall time per step and peak memory.
 
-    python benchmarks/vs_trl.py [--steps 6] [--prompts 4] [--group 4] [--length 64] [--repeats 1]
+    python benchmarks/vs_trl.py [--steps 6] [--prompts 4] [--group 4] [--length 64] [--repeats 1] [--shared-prompt-forward on]
 
 (needs ``pip install -e ".[bench]"`` for TRL). Both train the same ~12M-parameter Qwen2-style model
 (benchmarks/common.py, float32, vocabulary 32000) on the same prompts with the same settings: group size,
@@ -59,7 +59,8 @@ def run_lit_rl(path: str, texts: list[str], args) -> list[float]:
     torch.manual_seed(0)
     module = GRPO(model=path, group_size=args.group, sampling=Sampling(temperature=1.0, max_new_tokens=args.length),
                   reward=Reward(), kl_coef=0.0, log_kl=False, aggregation="token_mean", eps_low=0.2, eps_high=0.2,
-                  max_grad_norm=1.0, optimizer=lambda p: torch.optim.AdamW(p, lr=args.lr, weight_decay=0.0))
+                  max_grad_norm=1.0, optimizer=lambda p: torch.optim.AdamW(p, lr=args.lr, weight_decay=0.0),
+                  shared_prompt_forward=args.shared_prompt_forward == "on")
     clock = Clock()
     trainer = Trainer(accelerator="cpu", max_steps=args.steps, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[clock])
@@ -111,6 +112,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--shared-prompt-forward", choices=["on", "off"], default="off",
+                        help="lit-rl's shared_prompt_forward (each prompt computed once for its G samples)")
     parser.add_argument("--child", choices=["lit-rl", "trl"])
     parser.add_argument("--model")
     args = parser.parse_args()
@@ -121,7 +124,8 @@ def main() -> None:
     path = str(build_model(tempfile.mkdtemp()))
     print(f"model {num_parameters(path) / 1e6:.1f}M parameters; {args.prompts} prompts x {args.group} samples x "
           f"{args.length} tokens per step, {args.steps} steps", flush=True)
-    flags = [f"--{k}={getattr(args, k)}" for k in ("steps", "prompts", "group", "length", "lr")]
+    flags = [f"--{k.replace('_', '-')}={getattr(args, k)}"
+             for k in ("steps", "prompts", "group", "length", "lr", "shared_prompt_forward")]
     results: dict[str, list[tuple[float, float]]] = {"lit-rl": [], "trl": []}
     for _ in range(args.repeats):
         for which in ("trl", "lit-rl"):

@@ -288,7 +288,8 @@ def run_lit_rl(algo: str, args, curve: Curve) -> None:
     seed_everything(args.seed, verbose=False)
     common = {"model": MODEL, "group_size": args.group, "reward": CountdownReward("original"), "max_grad_norm": 1.0,
               "sampling": Sampling(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.length),
-              "optimizer": functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.0), "log_kl": False}
+              "optimizer": functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.0), "log_kl": False,
+              "shared_prompt_forward": args.shared_prompt_forward == "on"}
     if algo == "grpo":
         module = GRPO(**common, scale="group", eps_low=EPS_LOW, eps_high=EPS_HIGH, aggregation="token_mean",
                       kl_coef=args.beta, kl_estimator="k3", num_iterations=1, mini_batches=1)
@@ -452,6 +453,8 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=None,
                         help="KL coefficient on both sides (default: 0 for GRPO, TRL RLOOConfig's 0.05 for RLOO)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shared-prompt-forward", choices=["on", "off"], default="off",
+                        help="lit-rl's shared_prompt_forward (each prompt computed once for its G samples)")
     parser.add_argument("--out", default="runs/vs_trl_learning")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -469,7 +472,8 @@ def main() -> None:
     for algo in algos:
         beta = DEFAULT_BETA[algo] if args.beta is None else args.beta
         flags = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
-                 ("steps", "eval_every", "val_size", "eval_batch", "prompts", "group", "length", "lr", "seed")]
+                 ("steps", "eval_every", "val_size", "eval_batch", "prompts", "group", "length", "lr", "seed",
+                  "shared_prompt_forward")]
         results[algo] = {}
         for library in LIBRARIES:
             print(f"{algo} {library}: training {args.steps} steps ...", flush=True)

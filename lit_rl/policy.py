@@ -70,6 +70,38 @@ def sequence_inputs(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Ten
     return ids, attention, positions
 
 
+def prompt_groups(prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor | None:
+    """Each row's group index ``[B]``, a group being a run of rows with the same prompt (a rollout's samples
+    of one prompt sit side by side), or ``None`` when no row repeats the one before."""
+    new = torch.ones(len(prompt_ids), dtype=torch.bool, device=prompt_ids.device)
+    new[1:] = ((prompt_ids[1:] != prompt_ids[:-1]) | (prompt_mask[1:] != prompt_mask[:-1])).any(-1)
+    return None if bool(new.all()) else new.long().cumsum(0) - 1
+
+
+def shared_prompt_forward(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                          completion_mask: Tensor, groups: Tensor, hidden: bool) -> tuple[Tensor, Tensor | None]:
+    """The completion logits ``[B, C, V]`` (and last hidden states ``[B, C, H]``) of a forward of prompt +
+    completion, with each group's prompt computed once: the prompt goes through the model alone, its key/value
+    cache is repeated for the group's rows, and the completions run on top of it. Gradients reach the shared
+    prompt states from every row, so values and gradients are the full forward's up to float rounding, while
+    the prompt's tokens cost one forward and backward per group instead of one per sample. With dropout on,
+    a group's samples share the prompt's dropout masks."""
+    first = torch.ones_like(groups, dtype=torch.bool)
+    first[1:] = groups[1:] != groups[:-1]
+    unique_ids, unique_mask = prompt_ids[first], prompt_mask[first].long()
+    prompt = model(input_ids=unique_ids, attention_mask=unique_mask, position_ids=(unique_mask.cumsum(-1) - 1).clamp(min=0),
+                   logits_to_keep=1, use_cache=True, output_hidden_states=hidden)
+    cache = prompt.past_key_values
+    cache.batch_select_indices(groups)                                 # [P, ...] -> [B, ...], differentiable
+    _, attention, positions = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
+    out = model(input_ids=completion_ids, attention_mask=attention, position_ids=positions[:, prompt_ids.shape[1]:],
+                past_key_values=cache, use_cache=True, output_hidden_states=hidden)
+    logits = torch.cat([prompt.logits[:, -1:][groups], out.logits[:, :-1]], 1)   # position t-1 predicts t
+    if not hidden:
+        return logits, None
+    return logits, torch.cat([prompt.hidden_states[-1][:, -1:][groups], out.hidden_states[-1][:, :-1]], 1)
+
+
 @dataclass
 class PolicyOutput:
     """What one policy forward gives a loss, completion positions only (position ``t`` is the state that
@@ -150,20 +182,30 @@ class Policy(nn.Module):
                           model=self._reference[0])[0]
 
     # ------------------------------------------------------------------------------------------ log-probs
+    shared_prompt_forward = False                                       # RLModule's setting of that name
+
     def forward(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor,
                 temperature: float = 1.0, entropy: bool = False, hidden: bool = False,
                 model: nn.Module | None = None) -> "PolicyOutput":
         """One forward of prompt + completion: everything a loss may read (:class:`PolicyOutput`). Only the
-        completion's logits are computed (``logits_to_keep``); ``entropy`` and ``hidden`` ask for more."""
-        ids, attention, positions = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
-        num_completion = completion_ids.shape[1]
-        out = (model or self.model)(input_ids=ids, attention_mask=attention, position_ids=positions,
-                                    logits_to_keep=num_completion + 1, use_cache=False, output_hidden_states=hidden)
-        logits = out.logits[:, :-1]                                     # [B, C, V]: position t-1 predicts t
+        completion's logits are computed (``logits_to_keep``); ``entropy`` and ``hidden`` ask for more. With
+        ``shared_prompt_forward``, rows that repeat the row before's prompt (a group's samples) share one prompt
+        forward (:func:`shared_prompt_forward`)."""
+        model = model or self.model
+        groups = prompt_groups(prompt_ids, prompt_mask) if self.shared_prompt_forward else None
+        if groups is not None and not getattr(model, "is_gradient_checkpointing", False):
+            logits, states = shared_prompt_forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                                   groups, hidden)
+        else:
+            ids, attention, positions = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
+            num_completion = completion_ids.shape[1]
+            out = model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                        logits_to_keep=num_completion + 1, use_cache=False, output_hidden_states=hidden)
+            logits = out.logits[:, :-1]                                 # [B, C, V]: position t-1 predicts t
+            states = out.hidden_states[-1][:, -num_completion - 1:-1] if hidden else None    # [B, C, H]
         return PolicyOutput(
             logps=token_logps(logits, completion_ids, temperature),     # [B, C]
-            logits=logits, entropy=token_entropy(logits, temperature) if entropy else None,
-            hidden=out.hidden_states[-1][:, -num_completion - 1:-1] if hidden else None)  # [B, C, H]
+            logits=logits, entropy=token_entropy(logits, temperature) if entropy else None, hidden=states)
 
     def logps(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor,
               temperature: float = 1.0, entropy: bool = False,

@@ -18,7 +18,8 @@ HONOURED_KEYS = ("trainer",)                                                   #
 RECORD = "lit_rl"                                                              # the checkpoint's key for it
 MODULE_KEY = "lit_rl_module"
 # Settings added to a module after checkpoints were written: one written before ran with this value.
-ADDED_SETTINGS = {"model.init_args.num_iterations": 1, "model.init_args.mini_batches": 1}
+ADDED_SETTINGS = {"model.init_args.num_iterations": 1, "model.init_args.mini_batches": 1,
+                  "model.init_args.shared_prompt_forward": False}
 # Settings that change what is logged, not the run: a resume may switch them.
 LOGGING_SETTINGS = frozenset({"model.init_args.log_kl"})
 

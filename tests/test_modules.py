@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.testing import assert_close
 
 from lit_rl.tasks.countdown import CountdownReward
-from lit_rl import GRPO, REINFORCE, RLOO, SFT, CountdownData, GroupAdvantage, ReMax, RewardFunction, RolloutRefresh, Score
+from lit_rl import GRPO, PPO, REINFORCE, RLOO, SFT, CountdownData, GroupAdvantage, ReMax, RewardFunction, RolloutRefresh, Score
 from lit_rl.data import ResumableBatches
 from lit_rl.modules.base import RLModule
 from lit_rl.objectives import rloo_advantages, zero_std_groups
@@ -310,3 +310,25 @@ def test_resuming_mid_run_reproduces_the_uninterrupted_run(tiny_model_dir, tmp_p
         assert torch.equal(a, b), name
     assert not torch.equal(straight.state_dict()["policy.model.lm_head.weight"],
                            RLOO(model=tiny_model_dir, reward=CountdownReward()).state_dict()["policy.model.lm_head.weight"])
+
+
+@pytest.mark.parametrize("cls, kwargs", [(GRPO, {"kl_coef": 0.1, "num_iterations": 2}), (PPO, {})],
+                         ids=["GRPO", "PPO"])
+def test_the_shared_prompt_forward_gives_the_same_rollout_and_gradient(tiny_model_dir, cls, kwargs):
+    """Old and reference log-probs, values and the micro-batch gradient (KL, clip; PPO's value head on the
+    hidden states) with ``shared_prompt_forward`` are the one-forward-per-row ones, float32 rounding apart."""
+    rows, runs = prompts(2), {}
+    for shared in (False, True):
+        torch.manual_seed(0)
+        module = cls(model=tiny_model_dir, reward=CountdownReward(), group_size=4, sampling=SAMPLING,
+                     shared_prompt_forward=shared, **kwargs)
+        rollout = module.make_rollout(rows)
+        loss, _ = module.micro_loss(rollout, module.normalisers(rollout))
+        fields = [f for f in (rollout.old_logps, rollout.ref_logps, rollout.values) if f is not None]
+        runs[shared] = (fields, grads(module, loss))
+    (fields, full), (shared_fields, shared) = runs[False], runs[True]
+    assert len(fields) == 2
+    for a, b in zip(fields, shared_fields):
+        assert_close(b, a, rtol=1e-5, atol=1e-5)
+    for a, b in zip(full, shared):
+        assert_close(b, a, rtol=1e-4, atol=1e-5 * a.abs().max().item())

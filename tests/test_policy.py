@@ -5,7 +5,7 @@ import torch
 from torch.testing import assert_close
 
 from lit_rl.logprobs import token_entropy, token_logps
-from lit_rl.policy import LoraSettings, Policy, resolve
+from lit_rl.policy import LoraSettings, Policy, prompt_groups, resolve
 from lit_rl.rollout import HFEngine, RolloutBatch, Sampling, completion_mask
 
 
@@ -171,3 +171,43 @@ def test_tokenizer_round_trips_through_from_pretrained(tiny_model_dir, which):
     assert policy.tokenizer.decode(ids) == text
     tokens = policy.tokenizer.convert_ids_to_tokens(ids)
     assert "<answer>" in tokens and "</answer>" in tokens and len(ids) == len(text) - 2 * len("answer>") - len("/")
+
+
+def groups_batch(policy):
+    """Two prompts of different lengths, 3 and 2 samples each (side by side, as a rollout holds them), with
+    completions of different lengths; then a third prompt alone."""
+    prompts = ["numbers [1, 2] target 3: "] * 3 + ["Using the numbers [10, 4, 7], create an equation.\n"] * 2 + ["7: "]
+    completions = ["<answer>1 + 2</answer>", "<answer>2 + 1", "3", "<answer>(10 - 4) * 7</answer>", "x", "<a"]
+    return (*policy.encode_prompts(prompts, max_new_tokens=32), *policy.encode_completions(completions))
+
+
+def test_prompt_groups_are_runs_of_equal_prompts(policy):
+    prompt_ids, prompt_mask, _, _ = groups_batch(policy)
+    assert prompt_groups(prompt_ids, prompt_mask).tolist() == [0, 0, 0, 1, 1, 2]
+    assert prompt_groups(prompt_ids[2:4], prompt_mask[2:4]) is None    # a micro-batch may cut a group
+    assert prompt_groups(prompt_ids[1:5], prompt_mask[1:5]).tolist() == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_the_shared_prompt_forward_is_the_full_forward(tiny_model_dir, lora):
+    """Log-probs, entropy, last hidden states and the gradient of a loss reading all three are those of one
+    forward per row (float32 rounding apart), for the policy, its LoRA adapter and the reference."""
+    torch.manual_seed(0)
+    policy = Policy.load(tiny_model_dir, lora=LoraSettings(r=4, alpha=8) if lora else None)
+    policy.enable_reference()
+    args = groups_batch(policy)
+    mask = args[3]
+    weights = torch.randn(*mask.shape, 64, generator=torch.Generator().manual_seed(1))
+    runs = {}
+    for shared in (False, True):
+        policy.shared_prompt_forward = shared
+        out = policy(*args, temperature=0.7, entropy=True, hidden=True)
+        loss = ((out.logps + out.entropy + (out.hidden * weights).sum(-1)) * mask).sum()
+        params = [p for p in policy.model.parameters() if p.requires_grad]
+        runs[shared] = (out.logps * mask, out.entropy * mask, out.hidden * mask[..., None],
+                        policy.reference_logps(*args) * mask, torch.autograd.grad(loss, params))
+    (*full, full_grads), (*shared, shared_grads) = runs[False], runs[True]
+    for a, b in zip(full, shared):
+        assert_close(b, a, rtol=1e-5, atol=1e-5)
+    for a, b in zip(full_grads, shared_grads):
+        assert_close(b, a, rtol=1e-4, atol=1e-5 * a.abs().max().item())

@@ -316,6 +316,7 @@ class RLModule(PolicyModule):
         num_iterations: int = 1,
         mini_batches: int = 1,
         importance_sampling_cap: float | None = None,
+        shared_prompt_forward: bool = False,
         **kwargs: Any,
     ) -> None:
         """
@@ -336,6 +337,9 @@ class RLModule(PolicyModule):
                 step the batch is off-policy, so the old log-probs are computed (see :meth:`needs_old_logps`).
             importance_sampling_cap: weight each token's policy loss by ``min(pi_old / pi_engine, cap)``
                 (truncated importance sampling; needs an engine that returns log-probs, e.g. ``VLLMEngine``).
+            shared_prompt_forward: compute each prompt once for its ``G`` samples in every forward (training, old
+                and reference log-probs): the prompt runs alone and the completions on its key/value cache
+                (``lit_rl.policy.shared_prompt_forward``; not under gradient checkpointing).
         """
         super().__init__(**kwargs)
         if group_size < 1:
@@ -355,6 +359,7 @@ class RLModule(PolicyModule):
         self.importance_sampling_cap = importance_sampling_cap
         self.num_iterations, self.mini_batches, self.log_kl = num_iterations, mini_batches, log_kl
         self.automatic_optimization = False
+        self.policy.shared_prompt_forward = shared_prompt_forward
         if kl_coef > 0 or log_kl:
             self.policy.enable_reference()
 
