@@ -27,6 +27,17 @@ def fully_shard_policy(model: nn.Module, mesh) -> nn.Module:
     return model
 
 
+def fully_shard_heads(module: nn.Module, policy: nn.Module, mesh) -> None:
+    """``fully_shard`` every child of ``module`` with trainable parameters other than ``policy`` (a value head):
+    its parameters become ``DTensor``s like the policy's, so one gradient-norm clip covers both, and its
+    gradients are reduced over the ranks (``ModelParallelStrategy`` adds no data-parallel wrapper of its own)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for child in module.children():
+        if child is not policy and any(p.requires_grad for p in child.parameters()):
+            fully_shard(child, mesh=mesh)
+
+
 def deepspeed_grad_norm(strategy: Any) -> Tensor | None:
     """The global gradient norm (before clipping) that DeepSpeed's engine computed in its last step, or ``None``
     outside DeepSpeed or before its first step. ZeRO keeps the gradients in its own partitions, so ``p.grad`` is

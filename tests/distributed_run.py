@@ -1,9 +1,10 @@
 """One short RLOO run under a Lightning strategy, for tests/test_distributed.py (a script, because Lightning's
 DDP launcher starts the other ranks by running the same command again).
 
-    python tests/distributed_run.py {single,ddp,fsdp2} DEVICES BATCH_SIZE OUT_FILE
+    python tests/distributed_run.py {single,ddp,fsdp2} DEVICES BATCH_SIZE OUT_FILE [rloo|ppo]
 
-Rank 0 writes the per-step global ``train/loss`` and the final weights (gathered under FSDP2) to OUT_FILE.
+Rank 0 writes the per-step global ``train/loss`` and the final weights (gathered under FSDP2; PPO's value head
+too) to OUT_FILE.
 Sampling is seeded per prompt (``PromptSeededEngine``), so a prompt draws the same completions whichever rank
 and batch it lands in: 2 ranks x 2 prompts then see exactly the samples of 1 process x 4 prompts.
 """
@@ -20,7 +21,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
-from lit_rl import RLOO, CountdownData, HFEngine, RewardFunction, Sampling, Score
+from lit_rl import PPO, RLOO, CountdownData, HFEngine, RewardFunction, Sampling, Score
 from lit_rl.export import merged_state_dict
 from lit_rl.rollout import Generation
 
@@ -61,11 +62,13 @@ class Losses(Callback):
         self.grad_norms.append(float(trainer.callback_metrics["train/grad_norm"]))
 
 
-def main(kind: str, devices: int, batch_size: int, out: str) -> None:
+def main(kind: str, devices: int, batch_size: int, out: str, algorithm: str = "rloo") -> None:
     torch.manual_seed(0)
-    module = RLOO(model="builtin:countdown-sft", group_size=2, aggregation="token_mean", engine=PromptSeededEngine(),
-                  sampling=Sampling(temperature=1.0, max_new_tokens=16), reward=PlusAndLength(), max_grad_norm=None,
-                  optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.0))
+    extra = {"whiten_advantages": False} if algorithm == "ppo" else {}   # whitening reads each rank's batch
+    module = {"rloo": RLOO, "ppo": PPO}[algorithm](
+        **extra, model="builtin:countdown-sft", group_size=2, aggregation="token_mean", engine=PromptSeededEngine(),
+        sampling=Sampling(temperature=1.0, max_new_tokens=16), reward=PlusAndLength(), max_grad_norm=None,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.0))
     strategy = {"single": "auto", "ddp": "ddp",
                 "fsdp2": ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1)}[kind]
     losses = Losses()
@@ -75,10 +78,12 @@ def main(kind: str, devices: int, batch_size: int, out: str) -> None:
                       limit_val_batches=0, callbacks=[losses], default_root_dir=os.path.dirname(os.path.abspath(out)))
     trainer.fit(module, datamodule=CountdownData(batch_size=batch_size, train_size=64, val_size=4))
     weights = merged_state_dict(module.policy.model)                    # a collective under FSDP2: every rank
+    if algorithm == "ppo":
+        weights.update({f"value_head.{k}": v for k, v in merged_state_dict(module.value_head).items()})
     if trainer.is_global_zero:
         torch.save({"losses": losses.losses, "grad_norms": losses.grad_norms, "weights": weights, "world_size": trainer.world_size,
                     "sharded": hasattr(module.policy.model.lm_head.weight, "full_tensor")}, out)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:])

@@ -20,10 +20,10 @@ from lit_rl.policy import Policy
 SCRIPT = Path(__file__).with_name("distributed_run.py")
 
 
-def run(kind: str, devices: int, batch_size: int, out_dir: Path) -> dict:
+def run(kind: str, devices: int, batch_size: int, out_dir: Path, algorithm: str = "rloo") -> dict:
     out = out_dir / f"{kind}.pt"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(SCRIPT.parents[1])}
-    result = subprocess.run([sys.executable, str(SCRIPT), kind, str(devices), str(batch_size), str(out)],
+    result = subprocess.run([sys.executable, str(SCRIPT), kind, str(devices), str(batch_size), str(out), algorithm],
                             cwd=out_dir, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return torch.load(out)
@@ -50,3 +50,17 @@ def test_two_processes_match_one_process_with_the_same_global_batch(single, tmp_
     exported = Policy.load(str(tmp_path / "hf_model")).model.state_dict()            # rank 0's export, gathered
     for name, value in parallel["weights"].items():
         assert torch.equal(exported[name], value), name
+
+
+def test_ppo_under_fsdp2_shards_and_reduces_its_value_head_too(tmp_path):
+    """PPO's value head sits beside the policy: sharded with it (one clip covers both) and its gradients
+    reduced over the ranks, so 2 processes keep 1 process's losses and value head (advantage whitening off:
+    it reads each rank's own batch)."""
+    (tmp_path / "single").mkdir()
+    single = run("single", 1, 4, tmp_path / "single", "ppo")
+    parallel = run("fsdp2", 2, 2, tmp_path, "ppo")
+    assert_close(torch.tensor(parallel["losses"]), torch.tensor(single["losses"]), rtol=0, atol=1e-6)
+    heads = [k for k in single["weights"] if k.startswith("value_head.")]
+    assert heads and single["weights"]["value_head.linear.weight"].abs().max() > 0    # the head trained
+    for name in heads:
+        assert_close(parallel["weights"][name], single["weights"][name], rtol=0, atol=5e-5, msg=name)

@@ -332,3 +332,11 @@ def test_the_shared_prompt_forward_gives_the_same_rollout_and_gradient(tiny_mode
         assert_close(b, a, rtol=1e-5, atol=1e-5)
     for a, b in zip(full, shared):
         assert_close(b, a, rtol=1e-4, atol=1e-5 * a.abs().max().item())
+
+
+def test_training_bfloat16_weights_in_place_is_warned_about(tiny_model_dir):
+    """AdamW on bfloat16 weights loses updates below their rounding step: the run says so and what to do."""
+    torch.manual_seed(0)
+    module = RLOO(model=tiny_model_dir, reward=CountdownReward(), group_size=2, sampling=SAMPLING, dtype="bfloat16")
+    with pytest.warns(UserWarning, match=r"training torch.bfloat16 weights in place.*dtype: float32"):
+        fit(module, 1, limit_val_batches=0)

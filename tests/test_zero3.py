@@ -2,18 +2,21 @@
 the export (``hf_model/`` and, under LoRA, ``hf_model/adapter/``) and the vLLM weight sync gather ZeRO-3's
 partitioned parameters; ``train/grad_norm`` is DeepSpeed's engine's norm (``p.grad`` is ``None`` under ZeRO),
 equal to the norm of the same loss without DeepSpeed. Lightning runs DeepSpeed on GPUs alone, so its strategy is
-built here, never run: a ``max_grad_norm`` it would ignore is refused, and ZeRO-3 counts as sharding."""
+built here, never run: a ``max_grad_norm`` it would ignore is refused, ZeRO-3 counts as sharding, and ERPD refuses
+DeepSpeed."""
 
 import json
 import os
 import socket
 import subprocess
 import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, ModelParallelStrategy
 
+from lit_rl import ERPD, CountdownReward
 from lit_rl.distributed import check_clipping, deepspeed_grad_norm, shards_parameters
 
 SCRIPT = Path(__file__).with_name("zero3_run.py")
@@ -51,3 +54,12 @@ def test_max_grad_norm_is_refused_under_deepspeed_which_would_ignore_it():
 def test_which_strategies_shard_the_parameters():
     assert shards_parameters(DeepSpeedStrategy(stage=3)) and shards_parameters(ModelParallelStrategy())
     assert not shards_parameters(DeepSpeedStrategy(stage=2)) and not shards_parameters(DDPStrategy())
+
+
+def test_erpd_refuses_deepspeed_whose_master_weights_would_undo_its_restores(tiny_model_dir):
+    module = ERPD(model=tiny_model_dir, reward=CountdownReward(), max_grad_norm=None)
+    module._trainer = SimpleNamespace(strategy=DeepSpeedStrategy(stage=2))   # Lightning runs DeepSpeed on GPUs only
+    with pytest.raises(ValueError, match="ERPD does not run under DeepSpeed: it puts the policy's weights back"):
+        module.setup("fit")
+    module._trainer = SimpleNamespace(strategy=DDPStrategy())
+    module.setup("fit")

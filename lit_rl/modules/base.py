@@ -21,7 +21,8 @@ from torchmetrics import MeanMetric
 
 from lit_rl.chat import ChatTemplate, render_prompt
 from lit_rl.checkpointing import SafeCheckpoints, nonfinite
-from lit_rl.distributed import check_clipping, deepspeed_grad_norm, fully_shard_policy, shards_parameters
+from lit_rl.distributed import (check_clipping, deepspeed_grad_norm, fully_shard_heads, fully_shard_policy, is_deepspeed,
+                                shards_parameters)
 from lit_rl.errors import ResumeMismatch
 from lit_rl.export import adapter_weights, export_pretrained, is_sharded, merged_state_dict
 from lit_rl.objectives import Aggregation, KLEstimator, aggregate, kl_penalty, policy_gradient_loss, zero_std_groups
@@ -240,10 +241,20 @@ class PolicyModule(LightningModule):
         if log_dir is not None and self.trainer.is_global_zero:
             export_pretrained(model, self.policy.tokenizer, f"{log_dir}/hf_model", state, adapter)
 
+    def setup(self, stage: str) -> None:
+        dtype = next(self.policy.model.parameters()).dtype
+        if stage == "fit" and dtype in (torch.bfloat16, torch.float16) and not is_deepspeed(self.trainer.strategy):
+            rank_zero_warn(f"training {dtype} weights in place: an optimizer update smaller than half a weight's "
+                           "rounding step is lost (bfloat16 keeps 8 significant bits, so at lr 1e-6 nearly every "
+                           "update is); load the weights in float32 (dtype: float32) with trainer.precision: "
+                           "bf16-mixed, or use DeepSpeed, whose optimizer keeps float32 master weights")
+
     def configure_model(self) -> None:
-        """Under ``ModelParallelStrategy`` shard the policy with FSDP2 over the data-parallel mesh."""
+        """Under ``ModelParallelStrategy`` shard the policy, and any head beside it, with FSDP2 over the
+        data-parallel mesh."""
         if self.device_mesh is not None:
             fully_shard_policy(self.policy.model, self.device_mesh["data_parallel"])
+            fully_shard_heads(self, self.policy, self.device_mesh["data_parallel"])
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         """Automatic optimization (SFT): Lightning's step, then the weights' finiteness check."""
@@ -364,6 +375,7 @@ class RLModule(PolicyModule):
             self.policy.enable_reference()
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         strategy = self.trainer.strategy
         check_clipping(strategy, self.max_grad_norm)
         if self.policy.has_reference and not self.policy.is_lora and shards_parameters(strategy):

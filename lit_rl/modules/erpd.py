@@ -7,6 +7,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from lit_rl.distributed import is_deepspeed
 from lit_rl.modules.base import RLModule
 from lit_rl.modules.erpd_schedule import ERPDSchedule
 from lit_rl.modules.erpd_teacher import Teacher
@@ -91,6 +92,13 @@ class ERPD(RLModule):
         self.policy.enable_reference()                                  # the base model of KL(current || base)
         self.needs_hidden = any(t.loss == "ppo" for t in teachers)      # a PPO teacher's value head
         self.value_head = ValueHead(self.policy) if self.needs_hidden else None
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if is_deepspeed(self.trainer.strategy):
+            raise ValueError("ERPD does not run under DeepSpeed: it puts the policy's weights back to pi_old between "
+                             "stages, and DeepSpeed's optimizer, which keeps its own float32 copy of them, would undo "
+                             "that at its next step; use FSDP2 (cli_configs/strategies/fsdp.yaml) or DDP")
 
     # ------------------------------------------------------------------ one iteration, stage by stage
     def training_step(self, batch: dict[str, list], batch_idx: int) -> dict[str, Tensor]:

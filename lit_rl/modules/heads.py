@@ -36,7 +36,9 @@ class ValueHead(nn.Module):
         """Values ``[B, C]`` of a forward that returned its hidden state (``hidden=True``)."""
         if output.hidden is None:
             raise ValueError("the value head reads the forward's last hidden state: call the policy with hidden=True")
-        return self.linear(output.hidden.float()).squeeze(-1)          # [B, C]
+        hidden = output.hidden.to(self.linear.weight.dtype)
+        with torch.autocast(hidden.device.type, enabled=False):         # values and GAE in the head's dtype
+            return self.linear(hidden).squeeze(-1).float()              # [B, C]
 
     @torch.no_grad()
     def values(self, policy: Policy, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
