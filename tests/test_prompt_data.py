@@ -106,6 +106,21 @@ def test_bad_settings_and_paths_are_named(tmp_path):
         PromptData(str(tmp_path / "broken.jsonl")).setup("fit")
 
 
+def test_a_file_has_no_splits(tmp_path):
+    """val_split on a file would validate on the training rows themselves; a saved DatasetDict keeps its splits
+    (test_csv_parquet_and_saved_datasets_read_alike)."""
+    import datasets
+
+    path = write_jsonl(tmp_path / "p.jsonl", ROWS)
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "saved"))
+    for source in (path, str(tmp_path / "saved")):
+        with pytest.raises(ValueError, match=r"val_split='test', but .* has no splits, so validation would run on "
+                                             r"the training rows; hold prompts out with val_path .* or val_fraction"):
+            PromptData(source, prompt="question", val_split="test").setup("fit")
+    with pytest.raises(ValueError, match=r"split='test', but .*p.jsonl is a file .* and has no splits"):
+        PromptData(path, prompt="question", split="test").setup("fit")
+
+
 def write_csv(path, rows) -> str:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -153,6 +168,20 @@ def test_csv_cells_are_typed_and_counted(tmp_path):
     (tmp_path / "open.csv").write_text('prompt,a\nx,"1\n')
     with pytest.raises(ValueError, match=r"open.csv:2: not valid CSV \(unexpected end of data\)"):
         PromptData(str(tmp_path / "open.csv")).setup("fit")
+
+
+def test_val_fraction_splits_by_distinct_prompt_and_duplicates_warn(tmp_path):
+    rows = [{"prompt": f"q{i % 6}", "copy": i} for i in range(18)]           # each prompt three times
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    for seed in range(5):
+        with pytest.warns(UserWarning) as caught:
+            data = PromptData(path, val_fraction=0.5, seed=seed)
+            data.setup("fit")
+        train, val = {r["prompt"] for r in data.train_rows}, {r["prompt"] for r in data.val_rows}
+        assert not train & val and len(train) == len(val) == 3 and len(data.val_rows) == 9
+    assert len(caught) == 1 and str(caught[0].message).startswith(
+        f"PromptData: 12 rows of {path} repeat an earlier prompt ({path}:7 repeats {path}:1; {path}:8 repeats "
+        f"{path}:2; {path}:9 repeats {path}:3; ...)")
 
 
 @pytest.mark.parametrize("name", ["p.ndjson", "p.JSONL", "P.Json", "p.jsonl.gz", "p.json.gz", "p.csv.gz", "p.CSV"])
