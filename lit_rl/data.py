@@ -4,13 +4,12 @@ completions come as :class:`lit_rl.offline.StoredGroups` instead."""
 
 import json
 import random
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lit_rl.rewards import Prompt
@@ -189,9 +188,9 @@ def warn_duplicates(path: str, prompts: list[tuple[str, Prompt]], shown: int = 3
             repeats.append(f"{where} repeats {first[key]}")
         first.setdefault(key, where)
     if repeats:
-        warnings.warn(f"PromptData: {len(repeats)} rows of {path} repeat an earlier prompt ({'; '.join(repeats[:shown])}"
-                      f"{'; ...' if len(repeats) > shown else ''}); each copy is sampled as a prompt of its own, and "
-                      f"val_fraction keeps every copy of a prompt on the same side", stacklevel=2)
+        listed = "; ".join(repeats[:shown]) + ("; ..." if len(repeats) > shown else "")
+        rank_zero_warn(f"PromptData: {len(repeats)} rows of {path} repeat an earlier prompt ({listed}); each copy "
+                       f"is sampled as a prompt of its own, and val_fraction keeps every copy of a prompt on one side")
 
 
 def held_out(rows: list[dict[str, Any]], fraction: float, seed: int, path: str) -> tuple[list, list]:

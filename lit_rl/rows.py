@@ -27,28 +27,38 @@ def read_rows(path: str, name: str | None = None, split: str = "train") -> list[
     source = Path(resolve(path))
     if source.is_file():
         return _file_rows(source)
+    if source.is_dir():
+        return _saved_rows(source, split)
+    if file_format(source.name) or source.suffix.lower() == ".gz" or path.startswith((".", "/", "~")) \
+            or path.count("/") > 1:
+        raise FileNotFoundError(f"no dataset file {path!r} (looked for {source.resolve()})")
     import datasets
 
-    if source.is_dir():
-        if not any((source / saved).is_file() for saved in SAVED):
-            found = sorted(p.name for p in source.iterdir())
-            raise ValueError(f"{source} is a directory but not a dataset saved by datasets' save_to_disk (which "
-                             f"holds {' or '.join(SAVED)}); it holds {found[:5] + ['...'] * (len(found) > 5) or 'nothing'}. "
-                             f"To read a file inside it, give the file's path")
-        dataset = datasets.load_from_disk(str(source))
-        if isinstance(dataset, datasets.DatasetDict):
-            if split not in dataset:
-                raise ValueError(f"{source} has splits {sorted(dataset)}, not {split!r}")
-            dataset = dataset[split]
-        return [(f"{source} row {i}", row) for i, row in enumerate(dataset)]
-    if file_format(source.name) or source.suffix.lower() == ".gz" or path.startswith((".", "/", "~")) or path.count("/") > 1:
-        raise FileNotFoundError(f"no dataset file {path!r} (looked for {source.resolve()})")
     try:
         dataset = datasets.load_dataset(path, name, split=split)
     except Exception as err:
         raise ValueError(f"cannot load the hub dataset {path!r} (name={name!r}, split={split!r}): {err}. No such "
                          f"file or directory exists either; offline runs need a local file or a saved dataset") from err
     return [(f"{path} row {i}", row) for i, row in enumerate(dataset)]
+
+
+def _saved_rows(source: Path, split: str) -> list[Row]:
+    """A directory written by ``save_to_disk`` (one split of a ``DatasetDict``); any other directory is named
+    with what it holds, rather than left to ``load_from_disk``'s traceback."""
+    import datasets
+
+    if not any((source / saved).is_file() for saved in SAVED):
+        found = sorted(p.name for p in source.iterdir())
+        shown = found[:5] + ["..."] * (len(found) > 5) if found else "nothing"
+        raise ValueError(f"{source} is a directory but not a dataset saved by datasets' save_to_disk (which holds "
+                         f"dataset_dict.json, or dataset_info.json and state.json); it holds {shown}. To read a file "
+                         f"inside it, give the file's path")
+    dataset = datasets.load_from_disk(str(source))
+    if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            raise ValueError(f"{source} has splits {sorted(dataset)}, not {split!r}")
+        dataset = dataset[split]
+    return [(f"{source} row {i}", row) for i, row in enumerate(dataset)]
 
 
 def has_splits(path: str) -> bool:
@@ -76,8 +86,7 @@ def _file_rows(source: Path) -> list[Row]:
         import pyarrow.parquet as pq
 
         return [(f"{source} row {i}", row) for i, row in enumerate(pq.read_table(source).to_pylist())]
-    data = _bytes(source)
-    text = _utf8(source, data)
+    text = _utf8(source, _bytes(source))
     return _csv_rows(source, text) if fmt == "csv" else _json_rows(source, text, fmt)
 
 
@@ -88,7 +97,7 @@ def _bytes(source: Path) -> bytes:
         return data
     try:
         return gzip.decompress(data)
-    except (gzip.BadGzipFile, EOFError, zlib.error) as err:                # the only failures of in-memory gunzip
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:            # the ways in-memory gunzip fails
         raise ValueError(f"{source}: not a readable gzip file ({err})") from None
 
 
@@ -112,7 +121,7 @@ def _json_rows(source: Path, text: str, fmt: str) -> list[Row]:
         rows = [(f"{source} item {i}", row) for i, row in enumerate(items)]
     else:                                                               # one JSON object per line
         rows = []
-        for number, line in enumerate(text.split("\n"), 1):            # not splitlines: U+2028 may sit in a string
+        for number, line in enumerate(text.split("\n"), 1):            # not splitlines(): U+2028 is no line end
             if not line.strip():
                 continue
             try:

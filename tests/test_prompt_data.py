@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 
 from lit_rl import CountdownReward, OfflineData, PromptData, render_prompt
 from lit_rl.policy import resolve
+from lit_rl.rows import read_rows
 from lit_rl.tasks.countdown.puzzles import make_split
 from lit_rl.tiny import CHAT_ALPHABET, CHAT_TEMPLATE, CHAT_WORDS, build_tiny_model
 
@@ -140,9 +141,8 @@ def test_a_csv_copy_of_the_countdown_prompts_trains_like_the_jsonl(tmp_path):
     reward = CountdownReward()
     for row, puzzle in zip(copy.train_rows[:50], make_split("train", 50)):
         assert reward(f"<answer>{puzzle.solution}</answer>", row["meta"]).correct, row
-    from lit_rl.rows import read_rows
-
-    assert [where for where, _ in read_rows(str(tmp_path / "p.csv"))[:3]] == [f"{tmp_path}/p.csv:{n}" for n in (2, 4, 6)]
+    wheres = [where for where, _ in read_rows(str(tmp_path / "p.csv"))[:3]]
+    assert wheres == [f"{tmp_path}/p.csv:{n}" for n in (2, 4, 6)]
 
 
 def test_csv_cells_are_typed_and_counted(tmp_path):
@@ -156,8 +156,9 @@ def test_csv_cells_are_typed_and_counted(tmp_path):
         {"n": 1, "x": 1.5, "ok": True, "when": "2024-01-01", "list": [1, "b"], "text": "[not json"},
         {"n": None, "x": 2.0, "ok": False, "when": "2024-01-02", "list": {"k": 1}, "text": "plain"}]
     assert data.train_rows[1]["prompt"] == "two\nlines"
+    assert [where for where, _ in read_rows(str(tmp_path / "p.csv"))] == [f"{tmp_path}/p.csv:2", f"{tmp_path}/p.csv:4"]
     (tmp_path / "ragged.csv").write_text('prompt,answer\n"a\nb",1\nc\nd,4\n')
-    with pytest.raises(ValueError, match=r"ragged.csv:4: 1 cells where the header has 2 columns \['prompt', 'answer'\]"):
+    with pytest.raises(ValueError, match=r"ragged.csv:4: 1 cells where the header has 2 columns \['prompt', 'an"):
         PromptData(str(tmp_path / "ragged.csv")).setup("fit")
     (tmp_path / "long.csv").write_text('prompt,answer\na,1,extra\n')
     with pytest.raises(ValueError, match=r"long.csv:2: 3 cells where the header has 2 columns"):
@@ -181,7 +182,7 @@ def test_val_fraction_splits_by_distinct_prompt_and_duplicates_warn(tmp_path):
         assert not train & val and len(train) == len(val) == 3 and len(data.val_rows) == 9
     assert len(caught) == 1 and str(caught[0].message).startswith(
         f"PromptData: 12 rows of {path} repeat an earlier prompt ({path}:7 repeats {path}:1; {path}:8 repeats "
-        f"{path}:2; {path}:9 repeats {path}:3; ...)")
+        f"{path}:2; {path}:9 repeats {path}:3; ...); each copy is sampled as a prompt of its own")
 
 
 @pytest.mark.parametrize("name", ["p.ndjson", "p.JSONL", "P.Json", "p.jsonl.gz", "p.json.gz", "p.csv.gz", "p.CSV"])
@@ -215,8 +216,8 @@ def test_file_format_errors_say_what_is_wrong(tmp_path):
     for k in range(7):
         (folder / f"part{k}.jsonl").write_text('{"prompt": "a"}\n')
     with pytest.raises(ValueError, match=r"folder is a directory but not a dataset saved by datasets' save_to_disk "
-                                         r"\(which holds dataset_dict.json or dataset_info.json or state.json\); it "
-                                         r"holds \['part0.jsonl', .*'part4.jsonl', '...'\]. To read a file inside it"):
+                                         r"\(which holds dataset_dict.json, or dataset_info.json and state.json\); "
+                                         r"it holds \['part0.jsonl', .*'part4.jsonl', '...'\]. To read a file"):
         PromptData(str(folder)).setup("fit")
     (tmp_path / "u2028.jsonl").write_text(json.dumps({"prompt": "a\u2028b"}, ensure_ascii=False) + "\n")
     one = PromptData(str(tmp_path / "u2028.jsonl"))
