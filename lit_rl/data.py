@@ -87,8 +87,9 @@ class PromptData(LightningDataModule):
             columns: the other columns that reach the reward (default: all of them).
             name, split: the hub dataset's configuration and split.
             val_path: held-out prompts from another dataset (same columns).
-            val_split: held-out prompts from another split of ``path`` (e.g. ``test``).
-            val_fraction: held-out prompts as a seeded share of ``path``'s rows, disjoint from training.
+            val_split: held-out prompts from another split of ``path`` (e.g. ``test``); a file has no splits.
+            val_fraction: held-out prompts as a seeded share of ``path``'s distinct prompts (every copy of a prompt
+                lands on the same side), disjoint from training.
             batch_size: prompts per training step (each is sampled ``group_size`` times by RL modules).
             val_batch_size: prompts per validation batch.
             filter_long: drop prompts whose rendered length leaves no room for ``max_new_tokens`` in the model's
@@ -162,6 +163,9 @@ class PromptData(LightningDataModule):
 def check_splits(path: str, split: str, val_split: str | None) -> None:
     """A file (or a saved single ``Dataset``) has no splits: a ``split`` or ``val_split`` would read the very same
     rows, so validation would report training accuracy. Refused rather than ignored."""
+    if val_split is not None and val_split == split:
+        raise ValueError(f"PromptData: val_split={val_split!r} is the training split too, so validation would run on "
+                         f"the training rows; name another split, or use val_path or val_fraction")
     if has_splits(path):
         return
     if val_split is not None:

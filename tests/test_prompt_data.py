@@ -114,12 +114,15 @@ def test_a_file_has_no_splits(tmp_path):
 
     path = write_jsonl(tmp_path / "p.jsonl", ROWS)
     datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}).save_to_disk(str(tmp_path / "dict"))
     for source in (path, str(tmp_path / "saved")):
         with pytest.raises(ValueError, match=r"val_split='test', but .* has no splits, so validation would run on "
                                              r"the training rows; hold prompts out with val_path .* or val_fraction"):
             PromptData(source, prompt="question", val_split="test").setup("fit")
     with pytest.raises(ValueError, match=r"split='test', but .*p.jsonl is a file .* and has no splits"):
         PromptData(path, prompt="question", split="test").setup("fit")
+    with pytest.raises(ValueError, match=r"val_split='train' is the training split too"):
+        PromptData(str(tmp_path / "dict"), prompt="question", val_split="train").setup("fit")
 
 
 def write_csv(path, rows) -> str:
