@@ -2,17 +2,18 @@
 other columns, which reach the reward) and, for supervised data, ``completion``. Stored groups of scored
 completions come as :class:`lit_rl.offline.StoredGroups` instead."""
 
+import json
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lit_rl.rewards import Prompt
-from lit_rl.rows import check_prompt, read_rows
+from lit_rl.rows import check_prompt, has_splits, read_rows
 
 
 def collate(rows: list[dict[str, Any]]) -> dict[str, list]:
@@ -86,8 +87,9 @@ class PromptData(LightningDataModule):
             columns: the other columns that reach the reward (default: all of them).
             name, split: the hub dataset's configuration and split.
             val_path: held-out prompts from another dataset (same columns).
-            val_split: held-out prompts from another split of ``path`` (e.g. ``test``).
-            val_fraction: held-out prompts as a seeded share of ``path``'s rows, disjoint from training.
+            val_split: held-out prompts from another split of ``path`` (e.g. ``test``); a file has no splits.
+            val_fraction: held-out prompts as a seeded share of ``path``'s distinct prompts (every copy of a prompt
+                lands on the same side), disjoint from training.
             batch_size: prompts per training step (each is sampled ``group_size`` times by RL modules).
             val_batch_size: prompts per validation batch.
             filter_long: drop prompts whose rendered length leaves no room for ``max_new_tokens`` in the model's
@@ -109,6 +111,7 @@ class PromptData(LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if not hasattr(self, "train_rows"):
+            check_splits(self.path, self.split, self.val_split)
             self.train_rows = self._load(self.path, self.split)
             self.val_rows: list[dict[str, Any]] = []
             if self.val_path is not None or self.val_split is not None:
@@ -133,9 +136,11 @@ class PromptData(LightningDataModule):
             setattr(self, split, kept)
 
     def _load(self, path: str, split: str) -> list[dict[str, Any]]:
-        rows = [self._row(where, row) for where, row in read_rows(path, self.name, split)]
+        pairs = read_rows(path, self.name, split)
+        rows = [self._row(where, row) for where, row in pairs]
         if not rows:
             raise ValueError(f"PromptData: {path} (split {split!r}) has no rows")
+        warn_duplicates(path, [(where, row[self.prompt]) for where, row in pairs])
         return rows
 
     def _row(self, where: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -155,10 +160,51 @@ class PromptData(LightningDataModule):
         return DataLoader(self.val_rows, batch_size=self.val_batch_size, collate_fn=collate)
 
 
+def check_splits(path: str, split: str, val_split: str | None) -> None:
+    """A file (or a saved single ``Dataset``) has no splits: a ``split`` or ``val_split`` would read the very same
+    rows, so validation would report training accuracy. Refused rather than ignored."""
+    if val_split is not None and val_split == split:
+        raise ValueError(f"PromptData: val_split={val_split!r} is the training split too, so validation would run on "
+                         f"the training rows; name another split, or use val_path or val_fraction")
+    if has_splits(path):
+        return
+    if val_split is not None:
+        raise ValueError(f"PromptData: val_split={val_split!r}, but {path} is a file (or a saved Dataset) and has no "
+                         f"splits, so validation would run on the training rows; hold prompts out with val_path "
+                         f"(another file) or val_fraction (a seeded share of this one)")
+    if split != "train":
+        raise ValueError(f"PromptData: split={split!r}, but {path} is a file (or a saved Dataset) and has no splits; "
+                         f"leave split at 'train' (the whole file) or give the file that holds that split as path")
+
+
+def prompt_key(prompt: Prompt) -> str:
+    """A hashable key for text or chat messages."""
+    return json.dumps(prompt, sort_keys=True)
+
+
+def warn_duplicates(path: str, prompts: list[tuple[str, Prompt]], shown: int = 3) -> None:
+    """Warn once per dataset when a prompt recurs: each copy is sampled and scored as a prompt of its own."""
+    first: dict[str, str] = {}
+    repeats = []
+    for where, prompt in prompts:
+        key = prompt_key(prompt)
+        if key in first:
+            repeats.append(f"{where} repeats {first[key]}")
+        first.setdefault(key, where)
+    if repeats:
+        listed = "; ".join(repeats[:shown]) + ("; ..." if len(repeats) > shown else "")
+        rank_zero_warn(f"PromptData: {len(repeats)} rows of {path} repeat an earlier prompt ({listed}); each copy "
+                       f"is sampled as a prompt of its own, and val_fraction keeps every copy of a prompt on one side")
+
+
 def held_out(rows: list[dict[str, Any]], fraction: float, seed: int, path: str) -> tuple[list, list]:
-    """A seeded split of ``rows`` into training and held-out rows, disjoint, each in the file's order."""
-    count = round(len(rows) * fraction)
-    if not 0 < count < len(rows):
-        raise ValueError(f"PromptData: val_fraction={fraction} of the {len(rows)} rows of {path} leaves an empty split")
-    chosen = set(random.Random(f"{seed}-held-out").sample(range(len(rows)), count))
-    return ([r for i, r in enumerate(rows) if i not in chosen], [r for i, r in enumerate(rows) if i in chosen])
+    """A seeded split of ``rows`` into training and held-out rows, each in the file's order. The split is by
+    distinct prompt: every copy of a prompt lands on the same side, so no held-out prompt was trained on."""
+    prompts = list(dict.fromkeys(prompt_key(r["prompt"]) for r in rows))   # distinct, in the file's order
+    count = round(len(prompts) * fraction)
+    if not 0 < count < len(prompts):
+        raise ValueError(f"PromptData: val_fraction={fraction} of the {len(prompts)} distinct prompts of {path} "
+                         f"leaves an empty split")
+    chosen = {prompts[i] for i in random.Random(f"{seed}-held-out").sample(range(len(prompts)), count)}
+    held = [prompt_key(r["prompt"]) in chosen for r in rows]
+    return [r for r, h in zip(rows, held) if not h], [r for r, h in zip(rows, held) if h]

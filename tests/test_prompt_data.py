@@ -2,12 +2,17 @@
 messages into what the model sees; OfflineData accepts conversational rows."""
 
 import copy
+import csv
+import gzip
 import json
 
 import pytest
 from transformers import AutoTokenizer
 
-from lit_rl import OfflineData, PromptData, render_prompt
+from lit_rl import CountdownReward, OfflineData, PromptData, render_prompt
+from lit_rl.policy import resolve
+from lit_rl.rows import read_rows
+from lit_rl.tasks.countdown.puzzles import make_split
 from lit_rl.tiny import CHAT_ALPHABET, CHAT_TEMPLATE, CHAT_WORDS, build_tiny_model
 
 ROWS = [{"question": f"q{i}", "answer": str(i), "level": i % 3} for i in range(10)]
@@ -81,6 +86,10 @@ def test_builtin_countdown_prompts_ship():
     ([{"prompt": [{"role": "user"}]}], {}, r"p.jsonl:1: 'prompt' message 0 must be an object with 'role' and 'content'"),
     ([{"prompt": 7}], {}, r"p.jsonl:1: 'prompt' must be text or a non-empty list of chat messages, got int"),
     ([], {}, r"has no rows"),
+    ([{"prompt": "ok"}, {"prompt": "ab\ud800"}], {},
+     r"p.jsonl:2: 'prompt' has '\\ud800' at character 2, which is not a character .* cannot be encoded as UTF-8"),
+    ([{"prompt": [{"role": "user", "content": "\udc00x"}]}], {},
+     r"p.jsonl:1: 'prompt' message 0 content has '\\udc00' at character 0"),
 ])
 def test_bad_rows_are_named_by_file_and_line(tmp_path, rows, settings, message):
     data = PromptData(write_jsonl(tmp_path / "p.jsonl", rows), **settings)
@@ -96,6 +105,127 @@ def test_bad_settings_and_paths_are_named(tmp_path):
     (tmp_path / "broken.jsonl").write_text('{"prompt": "a"}\n{"prompt": \n')
     with pytest.raises(ValueError, match=r"broken.jsonl:2: not valid JSON"):
         PromptData(str(tmp_path / "broken.jsonl")).setup("fit")
+
+
+def test_a_file_has_no_splits(tmp_path):
+    """val_split on a file would validate on the training rows themselves; a saved DatasetDict keeps its splits
+    (test_csv_parquet_and_saved_datasets_read_alike)."""
+    import datasets
+
+    path = write_jsonl(tmp_path / "p.jsonl", ROWS)
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}).save_to_disk(str(tmp_path / "dict"))
+    for source in (path, str(tmp_path / "saved")):
+        with pytest.raises(ValueError, match=r"val_split='test', but .* has no splits, so validation would run on "
+                                             r"the training rows; hold prompts out with val_path .* or val_fraction"):
+            PromptData(source, prompt="question", val_split="test").setup("fit")
+    with pytest.raises(ValueError, match=r"split='test', but .*p.jsonl is a file .* and has no splits"):
+        PromptData(path, prompt="question", split="test").setup("fit")
+    with pytest.raises(ValueError, match=r"val_split='train' is the training split too"):
+        PromptData(str(tmp_path / "dict"), prompt="question", val_split="train").setup("fit")
+
+
+def write_csv(path, rows) -> str:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)
+
+
+def test_a_csv_copy_of_the_countdown_prompts_trains_like_the_jsonl(tmp_path):
+    """Numbers come back as numbers and ``[18, 5, 14]`` as a list, so the reward scores the CSV rows as it does
+    the JSONL's; the prompts end in a newline, so every row spans two lines and is named by its first."""
+    shipped = resolve("builtin:countdown-prompts.jsonl")
+    rows = [json.loads(line) for line in open(shipped)]
+    jsonl, copy = PromptData(shipped), PromptData(write_csv(tmp_path / "p.csv", rows))
+    jsonl.setup("fit"), copy.setup("fit")
+    assert copy.train_rows == jsonl.train_rows and copy.train_rows[0]["meta"] == {"numbers": [18, 5, 14], "target": 1}
+    reward = CountdownReward()
+    for row, puzzle in zip(copy.train_rows[:50], make_split("train", 50)):
+        assert reward(f"<answer>{puzzle.solution}</answer>", row["meta"]).correct, row
+    wheres = [where for where, _ in read_rows(str(tmp_path / "p.csv"))[:3]]
+    assert wheres == [f"{tmp_path}/p.csv:{n}" for n in (2, 4, 6)]
+
+
+def test_csv_cells_are_typed_and_counted(tmp_path):
+    (tmp_path / "p.csv").write_text('prompt,n,x,ok,when,list,text\n'
+                                    'a,1,1.5,true,2024-01-01,"[1, ""b""]",[not json\n'
+                                    '\n'
+                                    '"two\nlines",,2,false,2024-01-02,"{""k"": 1}",plain\n')
+    data = PromptData(str(tmp_path / "p.csv"))
+    data.setup("fit")
+    assert [r["meta"] for r in data.train_rows] == [
+        {"n": 1, "x": 1.5, "ok": True, "when": "2024-01-01", "list": [1, "b"], "text": "[not json"},
+        {"n": None, "x": 2.0, "ok": False, "when": "2024-01-02", "list": {"k": 1}, "text": "plain"}]
+    assert data.train_rows[1]["prompt"] == "two\nlines"
+    assert [where for where, _ in read_rows(str(tmp_path / "p.csv"))] == [f"{tmp_path}/p.csv:2", f"{tmp_path}/p.csv:4"]
+    (tmp_path / "ragged.csv").write_text('prompt,answer\n"a\nb",1\nc\nd,4\n')
+    with pytest.raises(ValueError, match=r"ragged.csv:4: 1 cells where the header has 2 columns \['prompt', 'an"):
+        PromptData(str(tmp_path / "ragged.csv")).setup("fit")
+    (tmp_path / "long.csv").write_text('prompt,answer\na,1,extra\n')
+    with pytest.raises(ValueError, match=r"long.csv:2: 3 cells where the header has 2 columns"):
+        PromptData(str(tmp_path / "long.csv")).setup("fit")
+    (tmp_path / "twice.csv").write_text('prompt,a,a\nx,1,2\n')
+    with pytest.raises(ValueError, match=r"twice.csv:1: the CSV header names the columns \['a'\] more than once"):
+        PromptData(str(tmp_path / "twice.csv")).setup("fit")
+    (tmp_path / "open.csv").write_text('prompt,a\nx,"1\n')
+    with pytest.raises(ValueError, match=r"open.csv:2: not valid CSV \(unexpected end of data\)"):
+        PromptData(str(tmp_path / "open.csv")).setup("fit")
+
+
+def test_val_fraction_splits_by_distinct_prompt_and_duplicates_warn(tmp_path):
+    rows = [{"prompt": f"q{i % 6}", "copy": i} for i in range(18)]           # each prompt three times
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    for seed in range(5):
+        with pytest.warns(UserWarning) as caught:
+            data = PromptData(path, val_fraction=0.5, seed=seed)
+            data.setup("fit")
+        train, val = {r["prompt"] for r in data.train_rows}, {r["prompt"] for r in data.val_rows}
+        assert not train & val and len(train) == len(val) == 3 and len(data.val_rows) == 9
+    assert len(caught) == 1 and str(caught[0].message).startswith(
+        f"PromptData: 12 rows of {path} repeat an earlier prompt ({path}:7 repeats {path}:1; {path}:8 repeats "
+        f"{path}:2; {path}:9 repeats {path}:3; ...); each copy is sampled as a prompt of its own")
+
+
+@pytest.mark.parametrize("name", ["p.ndjson", "p.JSONL", "P.Json", "p.jsonl.gz", "p.json.gz", "p.csv.gz", "p.CSV"])
+def test_jsonl_ndjson_and_gzip_files_in_any_case(tmp_path, name):
+    text = "".join(json.dumps(r) + "\n" for r in ROWS)
+    if ".csv" in name.lower():
+        text = "question,answer,level\n" + "".join(f"{r['question']},{r['answer']},{r['level']}\n" for r in ROWS)
+    data = text.encode()
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    prompts = PromptData(str(tmp_path / name), prompt="question")
+    prompts.setup("fit")
+    assert [r["prompt"] for r in prompts.train_rows] == [r["question"] for r in ROWS]
+
+
+def test_file_format_errors_say_what_is_wrong(tmp_path):
+    (tmp_path / "p.txt").write_text('{"prompt": "a"}\n')
+    (tmp_path / "p.parquet.gz").write_bytes(b"")
+    for name in ("p.txt", "p.parquet.gz"):
+        with pytest.raises(ValueError, match=r"unsupported dataset file type; the supported suffixes are \.jsonl, "
+                                             r"\.ndjson, \.json, \.csv, \.parquet, and \.jsonl\.gz"):
+            PromptData(str(tmp_path / name)).setup("fit")
+    (tmp_path / "latin1.jsonl").write_bytes('{"prompt": "a"}\n{"prompt": "café"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9 at byte offset 31\); save the "
+                                         r"file as UTF-8"):
+        PromptData(str(tmp_path / "latin1.jsonl")).setup("fit")
+    (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match=r"bad.jsonl.gz: not a readable gzip file"):
+        PromptData(str(tmp_path / "bad.jsonl.gz")).setup("fit")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for k in range(7):
+        (folder / f"part{k}.jsonl").write_text('{"prompt": "a"}\n')
+    with pytest.raises(ValueError, match=r"folder is a directory but not a dataset saved by datasets' save_to_disk "
+                                         r"\(which holds dataset_dict.json, or dataset_info.json and state.json\); "
+                                         r"it holds \['part0.jsonl', .*'part4.jsonl', '...'\]. To read a file"):
+        PromptData(str(folder)).setup("fit")
+    (tmp_path / "u2028.jsonl").write_text(json.dumps({"prompt": "a\u2028b"}, ensure_ascii=False) + "\n")
+    one = PromptData(str(tmp_path / "u2028.jsonl"))
+    one.setup("fit")
+    assert one.train_rows[0]["prompt"] == "a\u2028b"                        # a line separator inside a string
 
 
 def test_render_plain_text_without_a_template(chat_tokenizer):
