@@ -193,7 +193,8 @@ def warn_duplicates(path: str, prompts: list[tuple[str, Prompt]], shown: int = 3
         first.setdefault(key, where)
     if repeats:
         listed = "; ".join(repeats[:shown]) + ("; ..." if len(repeats) > shown else "")
-        rank_zero_warn(f"PromptData: {len(repeats)} rows of {path} repeat an earlier prompt ({listed}); each copy "
+        rows = f"{len(repeats)} rows of {path} repeat" if len(repeats) > 1 else f"a row of {path} repeats"
+        rank_zero_warn(f"PromptData: {rows} an earlier prompt ({listed}); each copy "
                        f"is sampled as a prompt of its own, and val_fraction keeps every copy of a prompt on one side")
 
 

@@ -13,6 +13,7 @@ from lit_rl import (
     GRPO, RLOO, CompletionLog, CountdownData, CountdownReward, FormatReward, FunctionReward, MathReward, PromptData,
     Rewards, Sampling,
 )
+from lit_rl.callbacks.completion_log import cut
 from lit_rl.generate import generate
 from lit_rl.callbacks import RolloutCallback
 from lit_rl.tiny import CHAT_ALPHABET, CHAT_TEMPLATE, CHAT_WORDS, build_tiny_model
@@ -140,6 +141,44 @@ def test_the_completion_log_resumes_without_duplicates(tiny_model_dir, tmp_path,
     lines = read(resumed)
     assert [line["step"] for line in lines] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert lines == read(straight) == first
+
+
+def test_the_completion_log_survives_a_torn_line_and_follows_a_resume_into_a_new_directory(tiny_model_dir, tmp_path):
+    """A kill during an append leaves a torn last line: the resume drops it instead of failing to parse it. A
+    resume into another run directory starts its log with the checkpoint run's lines before the checkpoint,
+    as ``metrics.csv`` does; an unreadable line elsewhere is named by file and line."""
+    def module():
+        seed_everything(0)
+        return RLOO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, reward=CountdownReward())
+
+    def data():
+        return CountdownData(batch_size=2, train_size=64, val_size=4)
+
+    def read(directory):
+        return [json.loads(line) for line in (directory / "completions.jsonl").read_text().splitlines()]
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    checkpoints = ModelCheckpoint(dirpath=first / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    fit(module(), data(), 3, [CompletionLog(per_step=2), checkpoints], logger=CSVLogger(first, name="", version=""))
+    log = first / "completions.jsonl"
+    whole = log.read_text()
+    log.write_text(whole + whole.splitlines(keepends=True)[-1][:25])          # a torn fourth step
+    ckpt = str(first / "ckpt" / "epoch=0-step=2.ckpt")
+    fit(module(), data(), 4, [CompletionLog(per_step=2)], logger=CSVLogger(second, name="", version=""), ckpt_path=ckpt)
+    assert [line["step"] for line in read(second)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert read(second)[:4] == [json.loads(line) for line in whole.splitlines()[:4]]
+    lines = whole.splitlines(keepends=True)
+    log.write_text("".join(lines[:2]) + "{not json\n" + "".join(lines[2:]))
+    with pytest.raises(ValueError, match=rf"{log}:3: not a completion log line"):
+        fit(module(), data(), 4, [CompletionLog(per_step=2)], logger=CSVLogger(first, name="", version=""),
+            ckpt_path=ckpt)
+
+
+def test_the_completion_log_cuts_long_texts():
+    long = "x" * 50 + "tail"
+    assert cut(long, 10) == "[... 44 characters cut]" + long[-10:]
+    assert cut("short", 10) == "short" and cut(None, 10) is None
+    assert cut([{"role": "user", "content": long}], 4) == [{"role": "user", "content": "[... 50 characters cut]tail"}]
 
 
 def test_a_reward_without_correctness_reports_no_accuracy(tiny_model_dir, tmp_path, monkeypatch):
