@@ -115,9 +115,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any = lambda storage, loc: storage,
                         weights_only: bool | None = None) -> dict[str, Any]:
+        safe = True if weights_only is None else weights_only          # torch's safe unpickler, whatever its default
         if "://" in str(path):
-            return super().load_checkpoint(path, map_location, weights_only)
-        return read_checkpoint(path, map_location=map_location, weights_only=weights_only)
+            return super().load_checkpoint(path, map_location, safe)
+        return read_checkpoint(path, map_location=map_location, weights_only=safe)
 
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu", weights_only: bool | None = True,

@@ -207,19 +207,34 @@ class OfflineData(LightningDataModule):
         return [] if self.validation is None else self.validation.val_dataloader()
 
 
+def content_digest(name: str) -> str:
+    """A digest of what a local file or directory holds (every file's relative path and bytes), so an edited
+    dataset or a retrained model at the same path never reads another's cache; a hub id is its name."""
+    source = Path(resolve(name))
+    if not source.exists():
+        return name
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.relative_to(source) if file != source else ''}\0".encode())
+        with file.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 @torch.no_grad()
 def add_behaviour_logps(groups: list[Group], model: str, temperature: float, path: str) -> None:
     """Fill in token ids and behaviour log-probs computed with ``model``; cached by dataset, model and
     temperature, so a second run (or a resumed one) reads them back instead of recomputing."""
     from lit_rl.policy import Policy
 
-    source = Path(resolve(path))
-    stamp = f"{source.resolve()}|{source.stat().st_size if source.exists() else ''}|{model}|{temperature}"
-    cache = CACHE / f"{hashlib.sha1(stamp.encode()).hexdigest()[:16]}.pt"
+    stamp = f"{content_digest(path)}|{content_digest(model)}|{temperature}"
+    cache = CACHE / f"{hashlib.sha256(stamp.encode()).hexdigest()[:32]}.pt"
     stored = None
     if cache.exists():
         try:
-            stored = torch.load(cache)
+            stored = torch.load(cache, weights_only=True)
         except Exception as err:                                        # e.g. written by a pre-atomic version
             warnings.warn(f"behaviour log-prob cache {cache} is unreadable ({type(err).__name__}); recomputing it",
                           stacklevel=2)

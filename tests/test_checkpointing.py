@@ -144,3 +144,23 @@ def test_the_behaviour_cache_is_written_atomically_and_a_torn_one_recomputed(tin
     with pytest.warns(UserWarning, match="unreadable.*recomputing"):
         assert load() == first
     assert torch.load(cache) is not None and len(list((tmp_path / "cache").iterdir())) == 1
+
+
+class Loud:
+    """Unpickling it would run code: only an unsafe ``torch.load`` accepts it."""
+
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def test_a_resume_loads_with_the_safe_unpickler_whatever_torchs_default(tmp_path, monkeypatch):
+    """Lightning passes ``weights_only=None`` on a Python-side resume; with torch 2.5 (allowed by pyproject) that
+    meant the unsafe unpickler. The checkpoint IO asks for the safe one itself, so a checkpoint carrying code is
+    refused by name rather than run."""
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Loud()}, path)
+    asked, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: asked.append(k.get("weights_only")) or real_load(*a, **k))
+    with pytest.raises(OSError, match=r"evil\.ckpt is not a readable checkpoint .*UnpicklingError"):
+        AtomicCheckpointIO().load_checkpoint(path, weights_only=None)
+    assert asked == [True]                                             # not torch's default: True, explicitly

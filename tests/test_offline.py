@@ -1,6 +1,7 @@
 """Offline datasets (generation, resumption, reading, checking, behaviour log-probs, relabelling) and the
 off-policy and preference modules trained from them, online and offline."""
 
+import copy
 import json
 import shutil
 
@@ -123,6 +124,32 @@ def test_missing_behaviour_logps_are_recomputed_once_and_cached(dataset, tiny_mo
     again = OfflineData(str(stripped), batch_size=2, behaviour_model=tiny_model_dir, validation=countdown())
     again.setup("fit")
     assert again.groups[0]["behaviour_logps"] == data.groups[0]["behaviour_logps"]
+
+
+def test_the_behaviour_cache_is_keyed_on_content_and_loaded_safely(dataset, tiny_model_dir, tmp_path, monkeypatch):
+    """An edit of the same size (one digit of a completion changed) is another dataset: the cache must not
+    answer for it. The cache is read with torch's safe unpickler, whatever torch's default."""
+    monkeypatch.setattr(offline, "CACHE", tmp_path / "cache")
+    rows = [json.loads(line) for line in dataset.read_text().splitlines()]
+    stripped = [{k: v for k, v in r.items() if k not in ("behaviour_logps", "completion_ids")} for r in rows]
+    path = tmp_path / "stripped.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in stripped))
+    first = OfflineData(str(path), batch_size=2, behaviour_model=tiny_model_dir, validation=countdown())
+    first.setup("fit")
+    edited = copy.deepcopy(stripped)
+    text = edited[0]["completion"]
+    edited[0]["completion"] = text[:-1] + ("1" if text[-1] != "1" else "2")     # same length, other text
+    path.write_text("".join(json.dumps(r) + "\n" for r in edited))
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k.get("weights_only")) or real_load(*a, **k))
+    second = OfflineData(str(path), batch_size=2, behaviour_model=tiny_model_dir, validation=countdown())
+    second.setup("fit")
+    assert len(list((tmp_path / "cache").iterdir())) == 2                    # computed again, for the new content
+    assert second.groups[0]["completion_ids"][0] != first.groups[0]["completion_ids"][0]
+    third = OfflineData(str(path), batch_size=2, behaviour_model=tiny_model_dir, validation=countdown())
+    third.setup("fit")
+    assert loads == [True]                                                  # the third read the cache, safely
 
 
 def test_relabelling_rescores_without_regenerating(dataset):
