@@ -14,6 +14,8 @@ from lit_rl.tasks.countdown import CountdownReward
 def user_rewards(tmp_path, monkeypatch):
     """A user's own module of reward functions, importable by dotted path as on their machine."""
     (tmp_path / "my_rewards.py").write_text(textwrap.dedent('''
+        import functools
+
         from lit_rl import Score
 
         def length(prompts, completions, **columns):
@@ -39,6 +41,16 @@ def user_rewards(tmp_path, monkeypatch):
 
         def raises(prompts, completions, **columns):
             raise KeyError("answer")
+
+        def scaled(prompts, completions, factor, **columns):
+            return [factor * len(c) for c in completions]
+
+        class Exact:
+            def __call__(self, prompts, completions, answer, **columns):
+                return [float(c == a) for c, a in zip(completions, answer)]
+
+        half_length = functools.partial(scaled, factor=0.5)
+        exact_object = Exact()
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     return "my_rewards"
@@ -55,6 +67,14 @@ def test_a_function_reward_gets_prompts_completions_and_columns(user_rewards):
     plain = score_batch(FunctionReward(f"{user_rewards}.length"), PROMPTS, COMPLETIONS, METAS)   # dots work too
     assert [s.reward for s in plain] == [2.0, 1.0, 3.0] and all(s.correct is None for s in plain)
     assert FunctionReward(f"{user_rewards}:length").name == "length"
+
+
+def test_a_partial_and_a_callable_object_are_named_from_the_object(user_rewards):
+    """Neither has a ``__name__``: a partial takes its function's name, a callable object its class name."""
+    partial, instance = FunctionReward(f"{user_rewards}:half_length"), FunctionReward(f"{user_rewards}:exact_object")
+    assert (partial.name, instance.name) == ("scaled", "Exact")
+    assert [s.reward for s in score_batch(partial, PROMPTS, COMPLETIONS, METAS)] == [1.0, 0.5, 1.5]
+    assert [s.reward for s in score_batch(instance, PROMPTS, COMPLETIONS, METAS)] == [1.0, 0.0, 0.0]
 
 
 def test_per_sample_rewards_keep_working_through_the_default_score():
