@@ -36,6 +36,9 @@ def user_rewards(tmp_path, monkeypatch):
         def not_a_number(prompts, completions, **columns):
             return [float("nan") for _ in completions]
 
+        def huge(prompts, completions, **columns):
+            return [1e308 for _ in completions]
+
         def maybe(prompts, completions, kind, **columns):
             return [1.0 if k == "math" else None for k in kind]
 
@@ -124,6 +127,7 @@ def test_duplicate_component_names_get_a_suffix(user_rewards):
     ("too_few", "returned 1 scores for 3 completions"),
     ("text", "returned '1.0' for sample 0 .* a reward must be a number"),
     ("not_a_number", "returned nan for sample 0"),
+    ("huge", "returned 1e\\+308 for sample 0 .*beyond float32's range"),
     ("maybe", "returned None for sample 2 .*allowed only inside lit_rl.Rewards"),
     ("raises", "my_rewards:raises failed on a batch of 3 completions .*KeyError"),
 ])
@@ -131,6 +135,19 @@ def test_bad_reward_output_is_named(user_rewards, function, message):
     metas = [{**m, "kind": "math" if i < 2 else "code"} for i, m in enumerate(METAS)]
     with pytest.raises((ValueError, TypeError, RuntimeError), match=message):
         score_batch(FunctionReward(f"{user_rewards}:{function}"), PROMPTS, COMPLETIONS, metas)
+
+
+def test_a_component_beyond_float32_is_named_inside_rewards(user_rewards):
+    with pytest.raises(ValueError, match="reward huge returned 1e\\+308 for sample 0 .*float32"):
+        score_batch(Rewards([FunctionReward(f"{user_rewards}:length"), FunctionReward(f"{user_rewards}:huge")]),
+                    PROMPTS, COMPLETIONS, METAS)
+
+
+@pytest.mark.parametrize("weight", [float("nan"), float("inf"), "1.0", None])
+def test_a_weight_that_is_not_a_finite_number_is_named(user_rewards, weight):
+    with pytest.raises(ValueError, match=r"Rewards weight 1 \(for length\) is .*finite numbers"):
+        Rewards([FunctionReward(f"{user_rewards}:exact"), FunctionReward(f"{user_rewards}:length")],
+                weights=[1.0, weight])
 
 
 def test_a_sample_no_component_scores_is_an_error(user_rewards):

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 Prompt = str | list[dict[str, str]]                                   # plain text, or chat messages {role, content}
 Columns = dict[str, list[Any]]                                      # a dataset column's values, one per completion
+FLOAT32_MAX = 3.4028234663852886e38                                 # the module stores scores as float32
 
 
 class Score(NamedTuple):
@@ -70,7 +71,8 @@ def columns_of(metas: list[dict[str, Any]]) -> Columns:
 
 def checked_scores(reward: Any, out: Any, completions: list[str], allow_none: bool = False) -> list[Score | None]:
     """``out`` as one :class:`Score` per completion, or a named error: the wrong number of scores, a value that is
-    not a number, a non-finite reward (``None`` passes only where ``allow_none``, inside :class:`Rewards`)."""
+    not a number, a reward that is not finite in float32, where the module stores scores (``None`` passes only
+    where ``allow_none``, inside :class:`Rewards`)."""
     name = reward_name(reward)
     if isinstance(out, (str, bytes, dict)) or not hasattr(out, "__len__"):
         raise TypeError(f"reward {name} returned {type(out).__name__}; it must return a list with one score per "
@@ -91,6 +93,10 @@ def checked_scores(reward: Any, out: Any, completions: list[str], allow_none: bo
         number = float(number)
         if not math.isfinite(number):
             raise ValueError(f"reward {name} returned {number} for sample {i} (completion {completions[i][:200]!r})")
+        if abs(number) > FLOAT32_MAX:
+            raise ValueError(f"reward {name} returned {number:g} for sample {i} (completion {completions[i][:200]!r}), "
+                             f"beyond float32's range (+-{FLOAT32_MAX:.4g}), where scores are stored: it would become "
+                             f"inf; scale the reward down")
         correct = None if score.correct is None else bool(score.correct)
         scores.append(Score(number, correct, score.components))
     return scores

@@ -51,6 +51,10 @@ class Rewards(RewardFunction):
         weights = [1.0] * len(rewards) if weights is None else list(weights)
         if len(weights) != len(rewards):
             raise ValueError(f"Rewards got {len(weights)} weights for {len(rewards)} rewards")
+        for k, weight in enumerate(weights):                            # else a NaN weight reads as a NaN reward
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+                raise ValueError(f"Rewards weight {k} (for {reward_name(rewards[k])}) is {weight!r}; weights must be "
+                                 f"finite numbers")
         if mode not in ("sum", "normalize_then_sum"):
             raise ValueError(f"unknown Rewards mode {mode!r}; choose 'sum' or 'normalize_then_sum'")
         self.rewards, self.weights, self.mode = list(rewards), weights, mode
