@@ -52,6 +52,16 @@ def user_rewards(tmp_path, monkeypatch):
             def __call__(self, prompts, completions, answer, **columns):
                 return [float(c == a) for c, a in zip(completions, answer)]
 
+        def vandal(prompts, completions, answer, **columns):
+            prompts.append("extra")
+            prompts[0] = "edited"
+            completions[0] = "edited"
+            answer[0].append("edited")
+            return [0.0 for _ in completions]
+
+        def sees(prompts, completions, answer, **columns):
+            return [float(p == "p0" and c == "42" and a == ["42"]) for p, c, a in zip(prompts, completions, answer)]
+
         half_length = functools.partial(scaled, factor=0.5)
         exact_object = Exact()
     '''))
@@ -116,6 +126,30 @@ def test_normalize_then_sum_by_hand(user_rewards):
     scores = score_batch(reward, PROMPTS, COMPLETIONS, METAS)
     assert [s.reward for s in scores] == pytest.approx([2.12132, -2.12132, 0.0], abs=1e-5)
     assert scores[0].components == {"exact": 1.0, "length": 2.0}              # raw values are kept
+
+
+def test_two_rows_with_the_same_prompt_are_normalised_apart(user_rewards):
+    """Rows 0 and 1 share the prompt "p0" and are sampled twice each: lengths [2, 1 | 4, 2] (groups 0 and 1).
+    Row 0: mean 1.5, std sqrt(0.5) = 0.70711, z = +-0.70711. Row 1: mean 3, std sqrt(2) = 1.41421, z = +-0.70711.
+    Grouped by prompt text instead, [2, 1, 4, 2] has mean 2.25, std sqrt(4.75 / 3) = 1.25831 and
+    z = [-0.19868, -0.99340, 1.39076, -0.19868]."""
+    reward = Rewards([FunctionReward(f"{user_rewards}:length")], mode="normalize_then_sum")
+    completions = ["ab", "a", "abcd", "ab"]
+    scores = score_batch(reward, ["p0"] * 4, completions, [{}] * 4, groups=[0, 0, 1, 1])
+    assert [s.reward for s in scores] == pytest.approx([0.70711, -0.70711, 0.70711, -0.70711], abs=1e-5)
+    by_text = score_batch(reward, ["p0"] * 4, completions, [{}] * 4)            # no groups: by prompt text
+    assert [s.reward for s in by_text] == pytest.approx([-0.19868, -0.99340, 1.39076, -0.19868], abs=1e-5)
+
+
+def test_a_reward_that_edits_its_inputs_changes_nothing_another_sees(user_rewards):
+    """The vandal edits the prompts, the completions and a column's lists in place; the next component, a
+    gold reward scored after it, and the caller's lists (the completion log) still hold the originals."""
+    prompts, completions, metas = ["p0"], ["42"], [{"answer": ["42"]}]
+    combined = Rewards([FunctionReward(f"{user_rewards}:vandal"), FunctionReward(f"{user_rewards}:sees")])
+    assert score_batch(combined, prompts, completions, metas)[0].components == {"vandal": 0.0, "sees": 1.0}
+    assert score_batch(FunctionReward(f"{user_rewards}:vandal"), prompts, completions, metas)[0].reward == 0.0
+    assert score_batch(FunctionReward(f"{user_rewards}:sees"), prompts, completions, metas)[0].reward == 1.0
+    assert (prompts, completions, metas) == (["p0"], ["42"], [{"answer": ["42"]}])
 
 
 def test_duplicate_component_names_get_a_suffix(user_rewards):

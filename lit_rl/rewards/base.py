@@ -1,8 +1,11 @@
 """The reward interface: a batch of completions, their prompts and their dataset columns in, one :class:`Score`
 per completion out. Rewards never execute completion text."""
 
+import copy
+import inspect
 import math
 import re
+from collections.abc import Hashable
 from typing import Any, NamedTuple
 
 Prompt = str | list[dict[str, str]]                                   # plain text, or chat messages {role, content}
@@ -24,7 +27,10 @@ class RewardFunction:
 
     Implement either :meth:`score` (batched: every completion of a step at once, with its prompt and dataset
     columns) or ``__call__(completion, meta) -> Score | float`` (one completion and a dict of its row's columns);
-    the default :meth:`score` calls ``__call__`` per sample. ``name`` keys the reward's logged component.
+    the default :meth:`score` calls ``__call__`` per sample. ``name`` keys the reward's logged component. A
+    :meth:`score` with a keyword argument ``groups`` (:class:`Rewards`) is also given, per sample, the index of
+    the dataset row it was sampled from. Each reward gets its own copies of its inputs: editing them changes
+    nothing another reward or the completion log sees.
     """
 
     name: str | None = None
@@ -102,9 +108,19 @@ def checked_scores(reward: Any, out: Any, completions: list[str], allow_none: bo
     return scores
 
 
+def call_score(reward: Any, prompts: list[Prompt], completions: list[str], columns: Columns,
+               groups: list[Hashable] | None = None) -> Any:
+    """``reward.score`` on copies of its inputs (a reward that edits them changes nothing its caller keeps: a
+    deep copy costs little beside scoring), with ``groups`` where its ``score`` takes that keyword."""
+    takes_groups = groups is not None and "groups" in inspect.signature(reward.score).parameters
+    return reward.score(copy.deepcopy(prompts), list(completions), copy.deepcopy(columns),
+                        **({"groups": list(groups)} if takes_groups else {}))
+
+
 def score_batch(reward: RewardFunction, prompts: list[Prompt], completions: list[str],
-                metas: list[dict[str, Any]]) -> list[Score]:
-    """Score every completion with ``reward`` in one call and check what it returned."""
+                metas: list[dict[str, Any]], groups: list[Hashable] | None = None) -> list[Score]:
+    """Score every completion with ``reward`` in one call and check what it returned; ``groups`` is, per sample,
+    the dataset row it was sampled from (for rewards that normalise within a row's group, :class:`Rewards`)."""
     if reward is None:
         raise ValueError("no reward is set: give the module a `reward` (e.g. model.init_args.reward in the YAML)")
-    return checked_scores(reward, reward.score(prompts, completions, columns_of(metas)), completions)
+    return checked_scores(reward, call_score(reward, prompts, completions, columns_of(metas), groups), completions)
