@@ -5,6 +5,7 @@ that imports math-verify: about a second), so the answer tests share one."""
 import copy
 import logging
 import pickle
+import random
 import re
 import threading
 import time
@@ -132,3 +133,51 @@ def test_format_reward():
         FormatReward(pattern="<think>(.*")
     with pytest.raises(ValueError, match="DOTAL"):
         FormatReward(flags=["DOTAL"])
+
+
+OLD_FORMAT = r"^<think>.*?</think>\s*<answer>.*?</answer>$"         # the default before R1_FORMAT: quadratic
+
+
+@pytest.mark.parametrize("completion, matches", [
+    ("<think>48 / 2 = 24</think>\n<answer>72</answer>", True),
+    ("<think>a</think><answer>72</answer>\n", True),                # $ allows one trailing newline
+    ("<think>\n\n</think>  \n <answer></answer>", True),             # empty parts, any whitespace between
+    ("<think>I wrote </think> too early</think>\n<answer>72</answer>", True),
+    ("<think>a</think><answer>1</answer> and <answer>2</answer>", True),
+    ("<think>a</think>\n<answer>1</answer></think><answer>2</answer>", True),
+    ("<think>a</think>\n<answer>72</answer>\n\n", False),            # two trailing newlines
+    (" <think>a</think><answer>72</answer>", False),                 # text before <think>
+    ("<think>a</think> so <answer>72</answer>", False),              # words between the parts
+    ("<think>a</think><answer>72", False),
+    ("<think>a<answer>72</answer>", False),
+    ("<answer>72</answer>", False),
+    ("<think>a</think><answer>72</answer> done", False),
+    ("", False),
+])
+def test_the_default_format_keeps_its_meaning(completion, matches):
+    assert FormatReward().score([""], [completion], {}) == [Score(float(matches), None)]
+    assert bool(re.search(OLD_FORMAT, completion, re.DOTALL)) == matches
+
+
+def test_the_default_format_agrees_with_the_old_pattern_on_random_layouts():
+    """Seeded random strings of the tags, whitespace and text: the linear pattern matches exactly where the
+    plain one does, under both match modes."""
+    rng, pieces = random.Random(0), ["<think>", "</think>", "<answer>", "</answer>", " ", "\n", "x", "<", ">"]
+    texts = [rng.choice(["", "<think>"]) + "".join(rng.choices(pieces, k=rng.randint(0, 8))) +
+             rng.choice(["", "</answer>", "</answer>\n"]) for _ in range(3000)]
+    for match in ("search", "fullmatch"):
+        new = [s.reward for s in FormatReward(match=match).score([""] * len(texts), texts, {})]
+        old = [s.reward for s in FormatReward(OLD_FORMAT, match=match).score([""] * len(texts), texts, {})]
+        assert new == old and 0 < sum(new) < len(texts)
+
+
+@pytest.mark.parametrize("unit", ["<think></think><answer>", "<think></think><answer></answer>x", "</think>",
+                                  "</answer>x"])
+def test_the_default_format_is_linear_on_adversarial_text(unit):
+    """256 kB of each: the old pattern took 12 s on the first two (it rescans the rest after every "</think>
+    <answer>"); the default must finish well within 2 s."""
+    text = ("<think>" if unit.startswith("</") else "") + unit * (256_000 // len(unit))
+    reward = FormatReward()
+    start = time.monotonic()
+    assert reward.score([""], [text], {}) == [Score(0.0, None)]
+    assert time.monotonic() - start < 2
