@@ -14,7 +14,7 @@ import pytest
 
 from lit_rl.rewards.base import Score
 from lit_rl.rewards.format import FormatReward
-from lit_rl.rewards.math import MathReward
+from lit_rl.rewards.math import MathReward, gold_text
 
 GSM8K = "Maya sold 48 / 2 = <<48/2=24>>24 clips in May.\nShe sold 48 + 24 = <<48+24=72>>72 clips in all.\n#### 72"
 TOWER = r"The answer is \boxed{9^{9^{9^{9}}}}"                      # parses; sympy then never finishes the power
@@ -48,6 +48,42 @@ def test_fractions(reward):
     completions = ["0.75", r"So it is \boxed{0.75}.", r"\boxed{\frac{6}{8}}", "3/4", r"\boxed{0.7}"]
     assert judge(reward, r"\frac{3}{4}", completions) == [True, True, True, True, False]
     assert judge(reward, r"\boxed{\frac{3}{4}}", ["0.75"]) == [True]
+
+
+# MATH / MATH-500 ``answer`` column formats: bare LaTeX, no $...$. Outside math mode math-verify read 3\sqrt{2}
+# as 3 (so \boxed{3} scored right and \boxed{3\sqrt{2}} wrong) and \sqrt{51}, \pi, [-2,7] as nothing.
+MATH_ANSWERS = [   # gold, a right answer, a tempting wrong one
+    (r"\frac{14}{3}", r"\boxed{\frac{14}{3}}", r"\boxed{14}"),
+    (r"\left( 3, \frac{\pi}{2} \right)", r"\boxed{\left( 3, \frac{\pi}{2} \right)}", r"\boxed{3}"),
+    (r"(-\infty, 3]", r"\boxed{(-\infty, 3]}", r"\boxed{(-\infty, 3)}"),
+    (r"3\sqrt{2}", r"\boxed{3\sqrt{2}}", r"\boxed{3}"),
+    (r"12\sqrt{3}", r"The area is $\boxed{12\sqrt{3}}$.", r"\boxed{12}"),
+    (r"\sqrt{51}", r"\boxed{\sqrt{51}}", r"\boxed{51}"),
+    (r"\frac{\sqrt{3}}{2}", r"\boxed{\frac{\sqrt{3}}{2}}", r"\boxed{3}"),
+    (r"\pi", r"\boxed{\pi}", r"\boxed{3}"),
+    (r"6 - 5i", r"\boxed{6-5i}", r"\boxed{6}"),
+    (r"[-2,7]", r"\boxed{[-2, 7]}", r"\boxed{(-2,7)}"),
+    (r"\dfrac{9}{7}", r"\boxed{\frac{9}{7}}", r"\boxed{9}"),
+    (r"10\%", r"\boxed{10\%}", r"\boxed{20\%}"),
+    (r"\text{Evelyn}", r"\boxed{\text{Evelyn}}", r"\boxed{\text{Ben}}"),
+    (r"\text{(C)}", r"\boxed{\text{(C)}}", r"\boxed{\text{(A)}}"),
+    (r"x^2 + 7x + 10", r"\boxed{x^2+7x+10}", r"\boxed{x^2 + 7x}"),
+    (r"2, -2", r"\boxed{2, -2}", r"\boxed{2}"),
+    (r"y = 2x + 3", r"\boxed{y = 2x + 3}", r"\boxed{3}"),
+    (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\boxed{\begin{pmatrix} 1 \\ 2 \end{pmatrix}}", r"\boxed{1}"),
+    (r"\$32", r"\boxed{32}", r"\boxed{3}"),
+]
+
+
+@pytest.mark.parametrize("gold, right, wrong", MATH_ANSWERS)
+def test_math_answers_in_bare_latex(reward, gold, right, wrong):
+    assert judge(reward, gold, [right, wrong]) == [True, False]
+
+
+def test_golds_in_math_mode_or_words_are_kept():
+    """Only bare LaTeX is put in $...$: a gold already in math mode, a GSM8K marker's number, a worked solution."""
+    assert [gold_text(g) for g in [r"$\frac{1}{2}$", r"\boxed{5}", "#### 72", 72, "The answer is 5 apples"]] == [
+        r"$\frac{1}{2}$", r"\boxed{5}", "$72$", "$72$", "The answer is 5 apples"]
 
 
 def test_thousands_separators(reward):

@@ -4,6 +4,7 @@ main thread."""
 import importlib.util
 import json
 import logging
+import re
 import select
 import subprocess
 import sys
@@ -18,13 +19,26 @@ log = logging.getLogger(__name__)
 STARTUP_TIMEOUT = 120.0                             # seconds for a fresh worker to import math-verify
 WORKER = Path(__file__).with_name("math_worker.py")
 TIMEOUT = object()
+DELIMITED = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\boxed")           # math mode already: $..$, \(..\), \[..\], \boxed{}
+NOT_WORDS = re.compile(r"\\(?:text|textbf|textit|mbox|mathrm|operatorname|begin|end)\s*\{[^{}]*\}|\\[a-zA-Z]+")
+PROSE = re.compile(r"[a-zA-Z]{3,}|^\W*[a-zA-Z]{2,}\W*$")                # a word outside LaTeX, or one word alone
+
+
+def is_prose(text: str) -> bool:
+    """Whether ``text`` holds words (``yes``, ``see the figure``, a worked solution) rather than one answer in
+    LaTeX (``3\\sqrt{2}``, ``x^2 + xy``): commands and their ``\\text{}`` arguments are not words."""
+    return PROSE.search(NOT_WORDS.sub(" ", text)) is not None
 
 
 def gold_text(answer: Any) -> str:
-    """The gold answer to parse: the text after the last ``####`` of a GSM8K solution, else the whole text.
-    (math-verify has no notion of ``####``: on a full solution it takes an earlier ``\\boxed{}`` or "answer is".)"""
+    """The gold answer to parse: the text after the last ``####`` of a GSM8K solution, else the whole text; bare
+    LaTeX (MATH's ``answer`` column: ``3\\sqrt{2}``, ``(-\\infty, 3]``) in ``$...$``. Outside math mode
+    math-verify reads bare LaTeX as its first number (``3`` for ``3\\sqrt{2}``) or as nothing (``\\sqrt{51}``);
+    text already in math mode or holding words is left as it is (on a full solution math-verify takes its
+    ``\\boxed{}`` or "answer is"; it has no notion of ``####``)."""
     text = str(answer)
-    return text.rpartition("####")[2] if "####" in text else text
+    text = text.rpartition("####")[2].strip() if "####" in text else text.strip()
+    return text if not text or DELIMITED.search(text) or is_prose(text) else f"${text}$"
 
 
 def _read(process: subprocess.Popen, timeout: float) -> Any:
