@@ -156,6 +156,20 @@ def test_a_timeout_kills_and_restarts_the_worker(caplog):
     assert first.poll() is not None and reward._worker.pid != first.pid   # killed, and a new one serves
 
 
+def test_a_worker_killed_while_idle_is_restarted_and_the_sample_sent_again(caplog):
+    """Killed between two calls (the OOM killer, a stray signal), the worker's pipe is broken: the next call
+    starts a fresh worker and sends the sample again, scoring it for real; the reward keeps working."""
+    reward = MathReward(timeout=60)
+    assert judge(reward, "72", [r"\boxed{72}"]) == [True]
+    first = reward._worker
+    first.kill()
+    first.wait()
+    with caplog.at_level(logging.WARNING, logger="lit_rl.rewards.math"):
+        assert judge(reward, "72", [r"\boxed{72}", r"\boxed{7}"]) == [True, False]
+    assert reward._worker.pid != first.pid and "restarted" in caplog.text
+    assert judge(reward, "#### 5", [r"\boxed{5}"]) == [True]
+
+
 def test_format_reward():
     good = "<think>48 / 2 = 24\n48 + 24 = 72</think>\n<answer>72</answer>"
     reward = FormatReward()

@@ -1,6 +1,7 @@
 """Answers to math word problems (GSM8K, MATH) checked with ``math-verify``, under a time limit that holds off the
 main thread."""
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -18,7 +19,7 @@ from lit_rl.rewards.base import Columns, Prompt, RewardFunction, Score
 log = logging.getLogger(__name__)
 STARTUP_TIMEOUT = 120.0                             # seconds for a fresh worker to import math-verify
 WORKER = Path(__file__).with_name("math_worker.py")
-TIMEOUT = object()
+TIMEOUT, CRASHED = object(), object()
 DELIMITED = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\boxed")           # math mode already: $..$, \(..\), \[..\], \boxed{}
 NOT_WORDS = re.compile(r"\\(?:text|textbf|textit|mbox|mathrm|operatorname|begin|end)\s*\{[^{}]*\}|\\[a-zA-Z]+")
 PROSE = re.compile(r"[a-zA-Z]{3,}|^\W*[a-zA-Z]{2,}\W*$")                # a word outside LaTeX, or one word alone
@@ -54,8 +55,9 @@ def _read(process: subprocess.Popen, timeout: float) -> Any:
 def _stop(process: subprocess.Popen) -> None:
     process.kill()
     process.wait()
-    for stream in (process.stdin, process.stdout):
-        stream.close()
+    process.stdout.close()
+    with contextlib.suppress(BrokenPipeError):                      # unsent bytes for a dead worker; still closes
+        process.stdin.close()
 
 
 class MathReward(RewardFunction):
@@ -72,7 +74,8 @@ class MathReward(RewardFunction):
          that takes longer than ``timeout`` (sympy hangs on ``\\boxed{9^{9^{9^{9}}}}``, math-verify's extraction
          on 100k characters of ``"7 7 7 ..."``) is scored wrong with a warning, and the child is killed and
          restarted. The child is a separate interpreter running ``math_worker.py`` alone (about 1 s to start
-         and 60 MB: it imports math-verify, not lit-rl or torch).
+         and 60 MB: it imports math-verify, not lit-rl or torch). A worker found dead (killed while idle) is
+         restarted and the sample sent again, once; a sample that kills a fresh worker too is scored wrong.
       2. A GSM8K gold answer is the text after its last ``####`` (math-verify itself ignores the marker).
     """
 
@@ -114,23 +117,33 @@ class MathReward(RewardFunction):
                     for i, (gold, completion) in enumerate(zip(columns[self.answer_column], completions, strict=True))]
 
     def _score_one(self, i: int, gold: Any, completion: str) -> Score:
+        correct = self._ask(gold_text(gold), completion)
+        if correct is CRASHED:                                          # killed while idle, or by this sample
+            log.warning(f"math reward: the verifier had died; restarted it and sent sample {i} again")
+            correct = self._ask(gold_text(gold), completion)
+        if correct is None:
+            raise ValueError(f"math-verify cannot parse the gold answer of sample {i}: {gold!r}")
+        if correct is TIMEOUT or correct is CRASHED:
+            why = f"timed out after {self.timeout:g} s" if correct is TIMEOUT else "crashed the verifier"
+            log.warning(f"math reward: sample {i} {why} (completion {completion[:200]!r}); scored as wrong, "
+                        f"restarting the verifier")
+            return Score(self.wrong_reward, False)
+        return Score(self.correct_reward if correct else self.wrong_reward, correct)
+
+    def _ask(self, gold: str, completion: str | None) -> Any:
+        """The worker's answer to one line (see ``math_worker``), ``TIMEOUT`` or ``CRASHED``; a worker that timed
+        out or died is stopped, and the next call starts a fresh one."""
         process = self._worker or self._start()
         try:
-            process.stdin.write(json.dumps([gold_text(gold), completion]) + "\n")
+            process.stdin.write(json.dumps([gold, completion]) + "\n")
             process.stdin.flush()
-            correct = _read(process, self.timeout)
-            if correct is not TIMEOUT:
-                if correct is None:
-                    raise ValueError(f"math-verify cannot parse the gold answer of sample {i}: {gold!r}")
-                return Score(self.correct_reward if correct else self.wrong_reward, correct)
-            why = f"timed out after {self.timeout:g} s"
+            answer = _read(process, self.timeout)
         except (EOFError, OSError, json.JSONDecodeError):
-            why = "crashed the verifier"
-        log.warning(f"math reward: sample {i} {why} (completion {completion[:200]!r}); scored as wrong, "
-                    f"restarting the verifier")
-        self._finalizer()                                               # kills the worker; the next call starts one
-        self._worker = None
-        return Score(self.wrong_reward, False)
+            answer = CRASHED
+        if answer is TIMEOUT or answer is CRASHED:
+            self._finalizer()
+            self._worker = None
+        return answer
 
     def _start(self) -> subprocess.Popen:
         process = subprocess.Popen([sys.executable, "-I", str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
