@@ -3,15 +3,18 @@ the main thread and on hostile input; FormatReward. Each MathReward starts its o
 that imports math-verify: about a second), so the answer tests share one."""
 
 import copy
+import json
 import logging
 import pickle
 import random
 import re
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
+from lit_rl import PromptData, Rewards
 from lit_rl.rewards.base import Score
 from lit_rl.rewards.format import FormatReward
 from lit_rl.rewards.math import MathReward, gold_text
@@ -108,6 +111,25 @@ def test_missing_column_and_bad_gold(reward):
         MathReward().score(["q"], ["1"], {"question": ["q"], "solution": ["1"]})
     with pytest.raises(ValueError, match=r"sample 1: 'see the figure'"):
         reward.score(["q"] * 2, ["1", "2"], {"answer": ["#### 1", "see the figure"]})
+
+
+def test_unparsable_golds_are_refused_at_setup_by_file_and_line(tmp_path, reward):
+    """PromptData's setup hands every row to the module's rewards (a Rewards forwards to its components) before
+    any step: MathReward parses each distinct gold once and names the bad rows by file:line, with the count."""
+    golds = [r"\frac{14}{3}", "#### 72", "", r"3\sqrt{2}", "yes", "see the figure", "yes", r"\frac{14}{3}"]
+    path = tmp_path / "math.jsonl"
+    path.write_text("".join(json.dumps({"problem": f"p{i}", "answer": g}) + "\n" for i, g in enumerate(golds)))
+    data = PromptData(str(path), prompt="problem", batch_size=2)
+    data.trainer = SimpleNamespace(lightning_module=SimpleNamespace(
+        reward_fn=Rewards([FormatReward(), reward]), gold_reward_fn=None))
+    message = (f"cannot parse 4 of the 8 gold answers in column 'answer': {path}:3: ''; {path}:5: 'yes'; "
+               f"{path}:6: 'see the figure'; {path}:7: 'yes'. Fix those rows")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        data.setup("fit")
+    reward.check_rows([(f"{path}:{i + 1}", {"answer": g}) for i, g in enumerate(golds[:2])])   # good rows pass
+    with pytest.raises(ValueError, match=re.escape(f"{path}:1: MathReward reads the gold answer from column 'answer', "
+                                                   f"which this row lacks; its columns are ['solution']")):
+        reward.check_rows([(f"{path}:1", {"solution": "1"})])
 
 
 def test_copies_and_pickles(reward):

@@ -49,6 +49,11 @@ class RewardFunction:
     def __call__(self, completion: str, meta: dict[str, Any]) -> Score | float:
         raise NotImplementedError(f"{type(self).__name__} implements neither score() nor __call__()")
 
+    def check_rows(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        """Called once before training with every dataset row, as ``(where, columns)`` (``where`` is
+        ``file:line``): raise a ``ValueError`` naming the rows this reward cannot score (an unparsable gold
+        answer), rather than failing on one mid-run. Checks nothing by default."""
+
     def bind(self, device: Any, dtype: Any = None, training: bool = True) -> None:
         """Called by the module before each scoring with the policy's device and dtype and whether it trains:
         a reward holding a model (:class:`lit_rl.RewardModel`) follows the policy there; others ignore it."""

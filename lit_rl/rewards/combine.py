@@ -69,6 +69,11 @@ class Rewards(RewardFunction):
                 name, k = f"{reward_name(reward)}_{k}", k + 1
             self.names.append(name)
 
+    def check_rows(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        for reward in self.rewards:
+            if callable(check := getattr(reward, "check_rows", None)):
+                check(rows)
+
     def bind(self, device: Any, dtype: Any = None, training: bool = True) -> None:
         for reward in self.rewards:
             if callable(bind := getattr(reward, "bind", None)):

@@ -116,6 +116,26 @@ class MathReward(RewardFunction):
             return [self._score_one(i, gold, completion)
                     for i, (gold, completion) in enumerate(zip(columns[self.answer_column], completions, strict=True))]
 
+    def check_rows(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        """Parse each distinct gold answer once (the worker keeps it for scoring): an unparsable one (``""``,
+        ``yes``, a column that is not the answer) is refused now, by file:line, not mid-run as a batch's sample."""
+        verdicts, bad = {}, []
+        with self._lock:
+            for where, row in rows:
+                if self.answer_column not in row:
+                    raise ValueError(f"{where}: MathReward reads the gold answer from column {self.answer_column!r}, "
+                                     f"which this row lacks; its columns are {sorted(row)} (set answer_column)")
+                gold = gold_text(row[self.answer_column])
+                if gold not in verdicts:
+                    verdicts[gold] = self._ask(gold, None) if gold else None
+                if verdicts[gold] is not True:
+                    why = {TIMEOUT: " (timed out)", CRASHED: " (crashed the verifier)"}.get(verdicts[gold], "")
+                    bad.append(f"{where}: {row[self.answer_column]!r}{why}")
+        if bad:
+            raise ValueError(f"MathReward: math-verify cannot parse {len(bad)} of the {len(rows)} gold answers in "
+                             f"column {self.answer_column!r}: {'; '.join(bad[:5])}{'; ...' if len(bad) > 5 else ''}. "
+                             f"Fix those rows, or set answer_column to the column holding the final answer")
+
     def _score_one(self, i: int, gold: Any, completion: str) -> Score:
         correct = self._ask(gold_text(gold), completion)
         if correct is CRASHED:                                          # killed while idle, or by this sample
