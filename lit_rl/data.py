@@ -121,6 +121,16 @@ class PromptData(LightningDataModule):
             module = self.trainer.lightning_module if self.trainer is not None else None
             if self.filter_long and module is not None:
                 self.drop_long(module.prompt_fits)
+            if module is not None:
+                self.check_rewards(module)
+
+    def check_rewards(self, module: Any) -> None:
+        """Let the module's rewards refuse rows they cannot score (``check_rows``: an unparsable gold answer),
+        named by file:line before the first step, rather than as a batch's sample mid-run (again on resume)."""
+        rows = [(row["where"], row["meta"]) for row in self.train_rows + self.val_rows]
+        for reward in (getattr(module, "reward_fn", None), getattr(module, "gold_reward_fn", None)):
+            if callable(check := getattr(reward, "check_rows", None)):
+                check(rows)
 
     def drop_long(self, fits: Callable[[Prompt], bool]) -> None:
         """Keep the prompts for which ``fits`` holds (``lit-rl generate`` calls this with its model's check)."""
@@ -149,7 +159,7 @@ class PromptData(LightningDataModule):
                 raise ValueError(f"{where}: column {column!r} is missing (the row has {sorted(row)})")
         check_prompt(where, self.prompt, row[self.prompt])
         keep = self.columns if self.columns is not None else [k for k in row if k != self.prompt]
-        return {"prompt": row[self.prompt], "meta": {k: row[k] for k in keep}}
+        return {"prompt": row[self.prompt], "meta": {k: row[k] for k in keep}, "where": where}
 
     def train_dataloader(self) -> ResumableBatches:
         return ResumableBatches(self.train_rows, self.batch_size, self.seed)

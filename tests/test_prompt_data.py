@@ -33,9 +33,9 @@ def chat_tokenizer(tmp_path_factory):
 def test_prompts_and_columns_from_jsonl(tmp_path):
     data = PromptData(write_jsonl(tmp_path / "p.jsonl", ROWS), prompt="question", columns=["answer"], batch_size=4)
     data.setup("fit")
-    assert data.train_rows[3] == {"prompt": "q3", "meta": {"answer": "3"}}
+    assert data.train_rows[3] == {"prompt": "q3", "meta": {"answer": "3"}, "where": f"{tmp_path / 'p.jsonl'}:4"}
     batch = next(iter(data.train_dataloader()))
-    assert len(batch["prompt"]) == 4 and set(batch) == {"prompt", "meta"}
+    assert len(batch["prompt"]) == 4 and set(batch) == {"prompt", "meta", "where"}
     everything = PromptData(str(tmp_path / "p.jsonl"), prompt="question")
     everything.setup("fit")
     assert everything.train_rows[0]["meta"] == {"answer": "0", "level": 0}   # default: every other column

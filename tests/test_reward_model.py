@@ -114,6 +114,17 @@ def test_named_errors_and_a_tokenizer_without_pad(tmp_path_factory, tmp_path):
     torch.testing.assert_close(torch.tensor([s.reward for s in rm.score(PROMPTS, COMPLETIONS, {})]), expected)
 
 
+@pytest.mark.parametrize("setting, message", [
+    ({"max_length": 0}, "max_length must be a positive number of tokens, or unset .*got 0"),
+    ({"max_length": -5}, "max_length must be a positive number of tokens, or unset .*got -5"),
+    ({"dtype": "float33"}, "dtype 'float33' is not a torch floating-point dtype"),
+    ({"dtype": "int64"}, "dtype 'int64' is not a torch floating-point dtype"),
+])
+def test_bad_settings_are_named_at_construction(rm_dir, setting, message):
+    with pytest.raises(ValueError, match=message):
+        RewardModel(rm_dir, **setting)
+
+
 def test_running_mean_std_golden():
     """[1, 2, 3] then [4]: mean 10/4 = 2.5; squared deviations 2.25 + 0.25 + 0.25 + 2.25 = 5, population
     variance 5/4 = 1.25 (the parallel update must equal the one-pass numbers)."""

@@ -1,12 +1,16 @@
 """The reward interface: a batch of completions, their prompts and their dataset columns in, one :class:`Score`
 per completion out. Rewards never execute completion text."""
 
+import copy
+import inspect
 import math
 import re
+from collections.abc import Hashable
 from typing import Any, NamedTuple
 
 Prompt = str | list[dict[str, str]]                                   # plain text, or chat messages {role, content}
 Columns = dict[str, list[Any]]                                      # a dataset column's values, one per completion
+FLOAT32_MAX = 3.4028234663852886e38                                 # the module stores scores as float32
 
 
 class Score(NamedTuple):
@@ -23,7 +27,10 @@ class RewardFunction:
 
     Implement either :meth:`score` (batched: every completion of a step at once, with its prompt and dataset
     columns) or ``__call__(completion, meta) -> Score | float`` (one completion and a dict of its row's columns);
-    the default :meth:`score` calls ``__call__`` per sample. ``name`` keys the reward's logged component.
+    the default :meth:`score` calls ``__call__`` per sample. ``name`` keys the reward's logged component. A
+    :meth:`score` with a keyword argument ``groups`` (:class:`Rewards`) is also given, per sample, the index of
+    the dataset row it was sampled from. Each reward gets its own copies of its inputs: editing them changes
+    nothing another reward or the completion log sees.
     """
 
     name: str | None = None
@@ -41,6 +48,11 @@ class RewardFunction:
 
     def __call__(self, completion: str, meta: dict[str, Any]) -> Score | float:
         raise NotImplementedError(f"{type(self).__name__} implements neither score() nor __call__()")
+
+    def check_rows(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        """Called once before training with every dataset row, as ``(where, columns)`` (``where`` is
+        ``file:line``): raise a ``ValueError`` naming the rows this reward cannot score (an unparsable gold
+        answer), rather than failing on one mid-run. Checks nothing by default."""
 
     def bind(self, device: Any, dtype: Any = None, training: bool = True) -> None:
         """Called by the module before each scoring with the policy's device and dtype and whether it trains:
@@ -70,7 +82,8 @@ def columns_of(metas: list[dict[str, Any]]) -> Columns:
 
 def checked_scores(reward: Any, out: Any, completions: list[str], allow_none: bool = False) -> list[Score | None]:
     """``out`` as one :class:`Score` per completion, or a named error: the wrong number of scores, a value that is
-    not a number, a non-finite reward (``None`` passes only where ``allow_none``, inside :class:`Rewards`)."""
+    not a number, a reward that is not finite in float32, where the module stores scores (``None`` passes only
+    where ``allow_none``, inside :class:`Rewards`)."""
     name = reward_name(reward)
     if isinstance(out, (str, bytes, dict)) or not hasattr(out, "__len__"):
         raise TypeError(f"reward {name} returned {type(out).__name__}; it must return a list with one score per "
@@ -91,14 +104,28 @@ def checked_scores(reward: Any, out: Any, completions: list[str], allow_none: bo
         number = float(number)
         if not math.isfinite(number):
             raise ValueError(f"reward {name} returned {number} for sample {i} (completion {completions[i][:200]!r})")
+        if abs(number) > FLOAT32_MAX:
+            raise ValueError(f"reward {name} returned {number:g} for sample {i} (completion {completions[i][:200]!r}), "
+                             f"beyond float32's range (+-{FLOAT32_MAX:.4g}), where scores are stored: it would become "
+                             f"inf; scale the reward down")
         correct = None if score.correct is None else bool(score.correct)
         scores.append(Score(number, correct, score.components))
     return scores
 
 
+def call_score(reward: Any, prompts: list[Prompt], completions: list[str], columns: Columns,
+               groups: list[Hashable] | None = None) -> Any:
+    """``reward.score`` on copies of its inputs (a reward that edits them changes nothing its caller keeps: a
+    deep copy costs little beside scoring), with ``groups`` where its ``score`` takes that keyword."""
+    takes_groups = groups is not None and "groups" in inspect.signature(reward.score).parameters
+    return reward.score(copy.deepcopy(prompts), list(completions), copy.deepcopy(columns),
+                        **({"groups": list(groups)} if takes_groups else {}))
+
+
 def score_batch(reward: RewardFunction, prompts: list[Prompt], completions: list[str],
-                metas: list[dict[str, Any]]) -> list[Score]:
-    """Score every completion with ``reward`` in one call and check what it returned."""
+                metas: list[dict[str, Any]], groups: list[Hashable] | None = None) -> list[Score]:
+    """Score every completion with ``reward`` in one call and check what it returned; ``groups`` is, per sample,
+    the dataset row it was sampled from (for rewards that normalise within a row's group, :class:`Rewards`)."""
     if reward is None:
         raise ValueError("no reward is set: give the module a `reward` (e.g. model.init_args.reward in the YAML)")
-    return checked_scores(reward, reward.score(prompts, completions, columns_of(metas)), completions)
+    return checked_scores(reward, call_score(reward, prompts, completions, columns_of(metas), groups), completions)

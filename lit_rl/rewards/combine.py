@@ -2,22 +2,24 @@
 
 import json
 import math
+from collections.abc import Hashable
 from typing import Any, Literal
 
-from lit_rl.rewards.base import Columns, Prompt, RewardFunction, Score, checked_scores, reward_name
+from lit_rl.rewards.base import Columns, Prompt, RewardFunction, Score, call_score, checked_scores, reward_name
 
 Mode = Literal["sum", "normalize_then_sum"]
 
 
-def group_normalize(values: list[float | None], prompts: list[Prompt], eps: float = 1e-6) -> list[float | None]:
-    """``(v - mean_g) / (std_g + eps)`` within each group of completions sharing a prompt (std Bessel-corrected,
-    over the group's non-``None`` values); a value alone in its group becomes 0 (GDPO, Liu et al. 2026, eq. 4)."""
-    groups: dict[str, list[int]] = {}
-    for i, (prompt, value) in enumerate(zip(prompts, values)):
+def group_normalize(values: list[float | None], groups: list[Hashable], eps: float = 1e-6) -> list[float | None]:
+    """``(v - mean_g) / (std_g + eps)`` within each group of completions with equal ``groups`` keys (std
+    Bessel-corrected, over the group's non-``None`` values); a value alone in its group becomes 0 (GDPO, Liu et
+    al. 2026, eq. 4)."""
+    members: dict[Hashable, list[int]] = {}
+    for i, (group, value) in enumerate(zip(groups, values, strict=True)):
         if value is not None:
-            groups.setdefault(prompt if isinstance(prompt, str) else json.dumps(prompt), []).append(i)
+            members.setdefault(group, []).append(i)
     out: list[float | None] = [None] * len(values)
-    for rows in groups.values():
+    for rows in members.values():
         group = [values[i] for i in rows]
         mean = sum(group) / len(group)
         std = math.sqrt(sum((v - mean) ** 2 for v in group) / (len(group) - 1)) if len(group) > 1 else 0.0
@@ -29,7 +31,9 @@ def group_normalize(values: list[float | None], prompts: list[Prompt], eps: floa
 class Rewards(RewardFunction):
     """``R = sum_k w_k r_k`` over several rewards (``mode: sum``), or over each reward standardised within its
     prompt's group first (``mode: normalize_then_sum``, GDPO's decoupled normalisation: a reward on a small scale
-    is not drowned by one on a large scale).
+    is not drowned by one on a large scale). A group is the samples of one dataset row: the module passes each
+    sample's row index as ``groups`` (two rows with the same prompt stay apart); called without ``groups``, the
+    samples sharing a prompt text form a group.
 
     A component may return ``None`` for a completion it has no opinion on (a math reward on a code prompt); it
     then adds nothing to that completion's sum, and a completion no component scored is an error. A completion
@@ -51,6 +55,10 @@ class Rewards(RewardFunction):
         weights = [1.0] * len(rewards) if weights is None else list(weights)
         if len(weights) != len(rewards):
             raise ValueError(f"Rewards got {len(weights)} weights for {len(rewards)} rewards")
+        for k, weight in enumerate(weights):                            # else a NaN weight reads as a NaN reward
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+                raise ValueError(f"Rewards weight {k} (for {reward_name(rewards[k])}) is {weight!r}; weights must be "
+                                 f"finite numbers")
         if mode not in ("sum", "normalize_then_sum"):
             raise ValueError(f"unknown Rewards mode {mode!r}; choose 'sum' or 'normalize_then_sum'")
         self.rewards, self.weights, self.mode = list(rewards), weights, mode
@@ -60,6 +68,11 @@ class Rewards(RewardFunction):
             while name in self.names:
                 name, k = f"{reward_name(reward)}_{k}", k + 1
             self.names.append(name)
+
+    def check_rows(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        for reward in self.rewards:
+            if callable(check := getattr(reward, "check_rows", None)):
+                check(rows)
 
     def bind(self, device: Any, dtype: Any = None, training: bool = True) -> None:
         for reward in self.rewards:
@@ -76,11 +89,14 @@ class Rewards(RewardFunction):
             if name in state:
                 reward.load_state_dict(state[name])
 
-    def score(self, prompts: list[Prompt], completions: list[str], columns: Columns) -> list[Score]:
-        parts = [checked_scores(r, r.score(prompts, completions, columns), completions, allow_none=True)
-                 for r in self.rewards]                                 # [K][N]
+    def score(self, prompts: list[Prompt], completions: list[str], columns: Columns, *,
+              groups: list[Hashable] | None = None) -> list[Score]:
+        parts = [checked_scores(r, call_score(r, prompts, completions, columns, groups), completions, allow_none=True)
+                 for r in self.rewards]                                 # [K][N], each on its own copies
         raw = [[None if s is None else s.reward for s in part] for part in parts]
-        summed = [group_normalize(values, prompts) for values in raw] if self.mode == "normalize_then_sum" else raw
+        if groups is None:                                              # a direct call: group by prompt text
+            groups = [p if isinstance(p, str) else json.dumps(p) for p in prompts]
+        summed = [group_normalize(values, groups) for values in raw] if self.mode == "normalize_then_sum" else raw
         scores = []
         for i, completion in enumerate(completions):
             if all(values[i] is None for values in raw):

@@ -1,5 +1,6 @@
 """Any Python function as a reward, with the signature users know from peer libraries."""
 
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,14 @@ def load_function(path: str) -> Callable[..., Any]:
     return fn
 
 
+def function_name(fn: Callable[..., Any]) -> str:
+    """A function's ``__name__``; a ``functools.partial`` by its wrapped function's, a callable object (which has
+    no ``__name__``) by its class name."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
 class FunctionReward(RewardFunction):
     """``fn(prompts, completions, **columns) -> list[float | None]``, loaded by dotted path.
 
@@ -36,11 +45,12 @@ class FunctionReward(RewardFunction):
         """
         Args:
             function: dotted path, e.g. ``mypkg.rewards:accuracy``.
-            name: the logged component's name (default: the function's name).
+            name: the logged component's name (default: the function's name; a ``functools.partial``'s
+                function's; a callable object's class name).
             kwargs: extra keyword arguments passed on every call.
         """
         self.function, self.fn = function, load_function(function)
-        self.name = name or self.fn.__name__
+        self.name = name or function_name(self.fn)
         self.kwargs = dict(kwargs or {})
 
     def score(self, prompts: list[Prompt], completions: list[str], columns: Columns) -> list[Score | float | None]:

@@ -1,9 +1,11 @@
 """Answers to math word problems (GSM8K, MATH) checked with ``math-verify``, under a time limit that holds off the
 main thread."""
 
+import contextlib
 import importlib.util
 import json
 import logging
+import re
 import select
 import subprocess
 import sys
@@ -17,14 +19,27 @@ from lit_rl.rewards.base import Columns, Prompt, RewardFunction, Score
 log = logging.getLogger(__name__)
 STARTUP_TIMEOUT = 120.0                             # seconds for a fresh worker to import math-verify
 WORKER = Path(__file__).with_name("math_worker.py")
-TIMEOUT = object()
+TIMEOUT, CRASHED = object(), object()
+DELIMITED = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\boxed")           # math mode already: $..$, \(..\), \[..\], \boxed{}
+NOT_WORDS = re.compile(r"\\(?:text|textbf|textit|mbox|mathrm|operatorname|begin|end)\s*\{[^{}]*\}|\\[a-zA-Z]+")
+PROSE = re.compile(r"[a-zA-Z]{3,}|^\W*[a-zA-Z]{2,}\W*$")                # a word outside LaTeX, or one word alone
+
+
+def is_prose(text: str) -> bool:
+    """Whether ``text`` holds words (``yes``, ``see the figure``, a worked solution) rather than one answer in
+    LaTeX (``3\\sqrt{2}``, ``x^2 + xy``): commands and their ``\\text{}`` arguments are not words."""
+    return PROSE.search(NOT_WORDS.sub(" ", text)) is not None
 
 
 def gold_text(answer: Any) -> str:
-    """The gold answer to parse: the text after the last ``####`` of a GSM8K solution, else the whole text.
-    (math-verify has no notion of ``####``: on a full solution it takes an earlier ``\\boxed{}`` or "answer is".)"""
+    """The gold answer to parse: the text after the last ``####`` of a GSM8K solution, else the whole text; bare
+    LaTeX (MATH's ``answer`` column: ``3\\sqrt{2}``, ``(-\\infty, 3]``) in ``$...$``. Outside math mode
+    math-verify reads bare LaTeX as its first number (``3`` for ``3\\sqrt{2}``) or as nothing (``\\sqrt{51}``);
+    text already in math mode or holding words is left as it is (on a full solution math-verify takes its
+    ``\\boxed{}`` or "answer is"; it has no notion of ``####``)."""
     text = str(answer)
-    return text.rpartition("####")[2] if "####" in text else text
+    text = text.rpartition("####")[2].strip() if "####" in text else text.strip()
+    return text if not text or DELIMITED.search(text) or is_prose(text) else f"${text}$"
 
 
 def _read(process: subprocess.Popen, timeout: float) -> Any:
@@ -40,8 +55,9 @@ def _read(process: subprocess.Popen, timeout: float) -> Any:
 def _stop(process: subprocess.Popen) -> None:
     process.kill()
     process.wait()
-    for stream in (process.stdin, process.stdout):
-        stream.close()
+    process.stdout.close()
+    with contextlib.suppress(BrokenPipeError):                      # unsent bytes for a dead worker; still closes
+        process.stdin.close()
 
 
 class MathReward(RewardFunction):
@@ -58,7 +74,8 @@ class MathReward(RewardFunction):
          that takes longer than ``timeout`` (sympy hangs on ``\\boxed{9^{9^{9^{9}}}}``, math-verify's extraction
          on 100k characters of ``"7 7 7 ..."``) is scored wrong with a warning, and the child is killed and
          restarted. The child is a separate interpreter running ``math_worker.py`` alone (about 1 s to start
-         and 60 MB: it imports math-verify, not lit-rl or torch).
+         and 60 MB: it imports math-verify, not lit-rl or torch). A worker found dead (killed while idle) is
+         restarted and the sample sent again, once; a sample that kills a fresh worker too is scored wrong.
       2. A GSM8K gold answer is the text after its last ``####`` (math-verify itself ignores the marker).
     """
 
@@ -99,24 +116,54 @@ class MathReward(RewardFunction):
             return [self._score_one(i, gold, completion)
                     for i, (gold, completion) in enumerate(zip(columns[self.answer_column], completions, strict=True))]
 
+    def check_rows(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        """Parse each distinct gold answer once (the worker keeps it for scoring): an unparsable one (``""``,
+        ``yes``, a column that is not the answer) is refused now, by file:line, not mid-run as a batch's sample."""
+        verdicts, bad = {}, []
+        with self._lock:
+            for where, row in rows:
+                if self.answer_column not in row:
+                    raise ValueError(f"{where}: MathReward reads the gold answer from column {self.answer_column!r}, "
+                                     f"which this row lacks; its columns are {sorted(row)} (set answer_column)")
+                gold = gold_text(row[self.answer_column])
+                if gold not in verdicts:
+                    verdicts[gold] = self._ask(gold, None) if gold else None
+                if verdicts[gold] is not True:
+                    why = {TIMEOUT: " (timed out)", CRASHED: " (crashed the verifier)"}.get(verdicts[gold], "")
+                    bad.append(f"{where}: {row[self.answer_column]!r}{why}")
+        if bad:
+            raise ValueError(f"MathReward: math-verify cannot parse {len(bad)} of the {len(rows)} gold answers in "
+                             f"column {self.answer_column!r}: {'; '.join(bad[:5])}{'; ...' if len(bad) > 5 else ''}. "
+                             f"Fix those rows, or set answer_column to the column holding the final answer")
+
     def _score_one(self, i: int, gold: Any, completion: str) -> Score:
+        correct = self._ask(gold_text(gold), completion)
+        if correct is CRASHED:                                          # killed while idle, or by this sample
+            log.warning(f"math reward: the verifier had died; restarted it and sent sample {i} again")
+            correct = self._ask(gold_text(gold), completion)
+        if correct is None:
+            raise ValueError(f"math-verify cannot parse the gold answer of sample {i}: {gold!r}")
+        if correct is TIMEOUT or correct is CRASHED:
+            why = f"timed out after {self.timeout:g} s" if correct is TIMEOUT else "crashed the verifier"
+            log.warning(f"math reward: sample {i} {why} (completion {completion[:200]!r}); scored as wrong, "
+                        f"restarting the verifier")
+            return Score(self.wrong_reward, False)
+        return Score(self.correct_reward if correct else self.wrong_reward, correct)
+
+    def _ask(self, gold: str, completion: str | None) -> Any:
+        """The worker's answer to one line (see ``math_worker``), ``TIMEOUT`` or ``CRASHED``; a worker that timed
+        out or died is stopped, and the next call starts a fresh one."""
         process = self._worker or self._start()
         try:
-            process.stdin.write(json.dumps([gold_text(gold), completion]) + "\n")
+            process.stdin.write(json.dumps([gold, completion]) + "\n")
             process.stdin.flush()
-            correct = _read(process, self.timeout)
-            if correct is not TIMEOUT:
-                if correct is None:
-                    raise ValueError(f"math-verify cannot parse the gold answer of sample {i}: {gold!r}")
-                return Score(self.correct_reward if correct else self.wrong_reward, correct)
-            why = f"timed out after {self.timeout:g} s"
+            answer = _read(process, self.timeout)
         except (EOFError, OSError, json.JSONDecodeError):
-            why = "crashed the verifier"
-        log.warning(f"math reward: sample {i} {why} (completion {completion[:200]!r}); scored as wrong, "
-                    f"restarting the verifier")
-        self._finalizer()                                               # kills the worker; the next call starts one
-        self._worker = None
-        return Score(self.wrong_reward, False)
+            answer = CRASHED
+        if answer is TIMEOUT or answer is CRASHED:
+            self._finalizer()
+            self._worker = None
+        return answer
 
     def _start(self) -> subprocess.Popen:
         process = subprocess.Popen([sys.executable, "-I", str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -1,6 +1,6 @@
 """The math-verify worker of :class:`lit_rl.MathReward`, run as a script (``python -I math_worker.py``) so that it
 imports math-verify and nothing of lit-rl: JSON lines ``[gold, completion]`` in, ``true``/``false`` (correct) or
-``null`` (gold unparsable) out, after a first ``"ready"``."""
+``null`` (gold unparsable) out, after a first ``"ready"``; ``[gold, null]`` parses the gold alone (``true``)."""
 
 import json
 import logging
@@ -21,8 +21,8 @@ def main() -> None:
             if len(golds) > 4096:
                 golds.clear()
             golds[gold] = parse(gold, parsing_timeout=None)
-        if not golds[gold]:
-            print("null", flush=True)
+        if not golds[gold] or completion is None:                   # unparsable, or only the gold was asked
+            print("null" if not golds[gold] else "true", flush=True)
             continue
         try:
             correct = bool(verify(golds[gold], parse(completion, parsing_timeout=None), timeout_seconds=None))

@@ -147,6 +147,14 @@ class RewardModel(RewardFunction):
         """
         if micro_batch_size < 1:
             raise ValueError(f"RewardModel micro_batch_size must be >= 1 (got {micro_batch_size})")
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+                                       or max_length < 1):
+            raise ValueError(f"RewardModel max_length must be a positive number of tokens, or unset for the model's "
+                             f"context (got {max_length!r})")
+        if dtype is not None and not (isinstance(getattr(torch, str(dtype), None), torch.dtype)
+                                      and getattr(torch, dtype).is_floating_point):
+            raise ValueError(f"RewardModel dtype {dtype!r} is not a torch floating-point dtype (e.g. float32, "
+                             f"bfloat16, float16), or unset for the policy's")
         self.source, self.name, self.normalize, self.eps = model, name or "reward_model", normalize, float(eps)
         self.micro_batch_size, self.dtype = micro_batch_size, dtype
         self.chat = {"chat_template": chat_template, "system_prompt": system_prompt,
@@ -154,7 +162,7 @@ class RewardModel(RewardFunction):
         model_, self.tokenizer = load_reward_model(model, dtype or "float32")
         self._model = [model_]                                          # a list: no nn.Module tree ever holds it
         context = getattr(model_.config, "max_position_embeddings", None)
-        self.max_length = max_length or context
+        self.max_length = context if max_length is None else max_length
         self.eos_id = eos_to_append(self.tokenizer, append_eos)
         self.stats, self.updating = RunningMeanStd(), True
 
