@@ -11,6 +11,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser
 
 TRACEBACK_ENV = "LIT_RL_TRACEBACK"
@@ -59,8 +60,8 @@ def report(err: BaseException) -> int:
     return 1
 
 
-class LitRLParser(LightningArgumentParser):
-    """Parser errors as one paragraph (exit status 2), without the usage of every Trainer option."""
+class OneParagraphErrors:
+    """Parser errors as one paragraph (exit status 2), without the usage of every option."""
 
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error or os.environ.get(TRACEBACK_ENV):
@@ -68,3 +69,11 @@ class LitRLParser(LightningArgumentParser):
         sys.stderr.write(f"lit-rl: invalid configuration: {condense(message)}\n  (`{self.prog} --help` lists every "
                          f"option; {TRACEBACK_ENV}=1 shows the parser's full report)\n")
         self.exit(2)
+
+
+class LitRLParser(OneParagraphErrors, LightningArgumentParser):
+    """``lit-rl fit/validate/test``'s parser."""
+
+
+class GenerateParser(OneParagraphErrors, ArgumentParser):
+    """``lit-rl generate``'s parser."""

@@ -174,4 +174,6 @@ def _batch_rows(policy: Policy, render, engine: RolloutEngine, reward: RewardFun
 def main(args: list[str] | None = None) -> None:
     from jsonargparse import auto_cli
 
-    auto_cli(generate, args=args)
+    from lit_rl.cli_errors import GenerateParser
+
+    auto_cli(generate, args=args, parser_class=GenerateParser, prog="lit-rl generate")

@@ -115,3 +115,15 @@ def test_generate_may_extend_num_prompts(tiny_model_dir, tmp_path):
     make(tiny_model_dir, tmp_path / "rollouts")
     extended = make(tiny_model_dir, tmp_path / "rollouts", num_prompts=6)
     assert extended.read_text() == make(tiny_model_dir, tmp_path / "straight", num_prompts=6).read_text()
+
+
+def test_an_optimizer_that_refuses_its_settings_is_named_as_a_setting(tiny_model_dir, tmp_path, run_main):
+    code, err = run_main(*tiny_fit(tiny_model_dir, tmp_path, "--model.init_args.optimizer.init_args.lr", ".nan"))
+    assert code == 1 and "Traceback" not in err, err
+    assert "the optimizer refused its settings (model.init_args.optimizer): Invalid learning rate: nan" in err
+
+
+def test_generate_parser_errors_are_one_paragraph(run_main):
+    code, err = run_main("generate", "--no_such_option", "1")
+    assert code == 2 and err.startswith("lit-rl: invalid configuration: ") and "usage:" not in err, err
+    assert "`lit-rl generate --help` lists every option" in err

@@ -38,6 +38,18 @@ from lit_rl.timing import PhaseTimer
 torch.serialization.add_safe_globals([Sampling, LoraSettings])
 
 
+def optimizers(optimizer_fn: Any, lr_scheduler_fn: Any, parameters: Any) -> Any:
+    """``configure_optimizers``' answer: the optimizer over the trainable ``parameters``, stepped per optimizer step
+    by the scheduler if any. An optimizer that refuses its settings (``lr: .nan``) is named as a setting."""
+    try:
+        optimizer = optimizer_fn([p for p in parameters if p.requires_grad])
+    except ValueError as err:                                          # torch's "Invalid learning rate: nan"
+        raise ValueError(f"the optimizer refused its settings (model.init_args.optimizer): {err}") from None
+    if lr_scheduler_fn is None:
+        return optimizer
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler_fn(optimizer), "interval": "step"}}
+
+
 def check_finite(value: Tensor, what: str, step: int) -> None:
     """Stop training on NaN/inf before anything is stepped or saved: checkpoints on disk stay the last good."""
     if not torch.isfinite(value).all():
@@ -126,10 +138,7 @@ class PolicyModule(LightningModule):
         self.timer = PhaseTimer()
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_fn([p for p in self.policy.parameters() if p.requires_grad])
-        if self.lr_scheduler_fn is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler_fn(optimizer), "interval": "step"}}
+        return optimizers(self.optimizer_fn, self.lr_scheduler_fn, self.policy.parameters())
 
     @torch.no_grad()
     def sample(self, prompt_ids: Tensor, prompt_mask: Tensor, prompts: list[Prompt], metas: list[dict],

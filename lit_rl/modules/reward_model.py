@@ -8,7 +8,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lit_rl.chat import ChatTemplate
-from lit_rl.modules.base import check_finite
+from lit_rl.modules.base import check_finite, optimizers
 from lit_rl.objectives import PairMode, bradley_terry_loss, pairwise_accuracy, preference_pairs
 from lit_rl.offline import StoredGroups
 from lit_rl.rewards.model import eos_to_append, load_reward_model, pad_right, reward_inputs
@@ -82,10 +82,7 @@ class RewardModelTraining(LightningModule):
                      "chat_template_kwargs": chat_template_kwargs}
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_fn([p for p in self.model.parameters() if p.requires_grad])
-        if self.lr_scheduler_fn is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler_fn(optimizer), "interval": "step"}}
+        return optimizers(self.optimizer_fn, self.lr_scheduler_fn, self.model.parameters())
 
     def scores(self, prompts: list[Any], completions: list[str]) -> Tensor:
         """``r(x, y)`` ``[N]`` of texts built as ``RewardModel`` builds them."""
