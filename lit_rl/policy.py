@@ -41,6 +41,19 @@ def resolve(name_or_path: str) -> str:
     return str(ASSETS / name)
 
 
+def check_model_dir(path: str, what: str) -> str:
+    """``path`` if the directory holds a saved model (``config.json``, or a PEFT adapter's
+    ``adapter_config.json``); else a named error that points at the models below it, such as a run directory's
+    ``hf_model/``."""
+    root = Path(path).expanduser()
+    if (root / "config.json").is_file() or (root / "adapter_config.json").is_file():
+        return path
+    below = sorted(str(c.parent) for c in [*root.glob("*/config.json"), *root.glob("*/*/config.json")])[:3]
+    hint = f"; the models below it: {below}" if below else (
+        "; a lit-rl run directory keeps its trained model in hf_model/ (written at the end of training)")
+    raise ModelNotFound(f"{what}: {path} is a directory but not a saved model (it holds no config.json){hint}")
+
+
 def locate_model(name_or_path: str) -> str:
     """A local model directory, or a hub id; anything that is neither is named as such before ``from_pretrained``
     answers with a hub-id validation error. (A string shaped like a hub id is left to the hub, which in offline
@@ -49,7 +62,7 @@ def locate_model(name_or_path: str) -> str:
 
     path = resolve(name_or_path)
     if Path(path).is_dir():
-        return path
+        return check_model_dir(path, f"model {name_or_path!r}")
     if Path(path).exists():
         raise ModelNotFound(f"model {name_or_path!r} is a file, not a model directory (one holding config.json)")
     try:

@@ -127,3 +127,22 @@ def test_generate_parser_errors_are_one_paragraph(run_main):
     code, err = run_main("generate", "--no_such_option", "1")
     assert code == 2 and err.startswith("lit-rl: invalid configuration: ") and "usage:" not in err, err
     assert "`lit-rl generate --help` lists every option" in err
+
+
+def test_a_directory_that_is_not_a_model_is_named_with_the_models_below_it(tiny_model_dir, tmp_path):
+    """The run directory given as ``model:`` instead of its ``hf_model/``: say what is missing and where the
+    model is, not transformers' 30-frame traceback."""
+    import shutil
+
+    run = tmp_path / "runs" / "remax" / "20261205-120000"
+    shutil.copytree(tiny_model_dir, run / "hf_model")
+    (run / "metrics.csv").write_text("step\n")
+    with pytest.raises(ModelNotFound, match=rf"model '{run}': {run} is a directory but not a saved model \(it holds "
+                                            rf"no config.json\); the models below it: \['{run}/hf_model'\]"):
+        Policy.load(str(run))
+    with pytest.raises(ModelNotFound, match=r"hf_model/ \(written at the end of training\)"):
+        Policy.load(str(tmp_path / "runs"))
+    from lit_rl.rewards.model import load_reward_model
+
+    with pytest.raises(ModelNotFound, match=rf"reward model '{run}': .* the models below it"):
+        load_reward_model(str(run))

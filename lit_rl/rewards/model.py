@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from lit_rl.chat import ChatTemplate, render_prompt
-from lit_rl.policy import resolve
+from lit_rl.policy import check_model_dir, resolve
 from lit_rl.rewards.base import Columns, Prompt, RewardFunction, Score
 
 
@@ -23,6 +23,8 @@ def load_reward_model(name_or_path: str, dtype: str = "float32", new_head: bool 
     looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
     if looks_local and not os.path.isdir(os.path.expanduser(path)):
         raise FileNotFoundError(f"reward model {name_or_path!r}: no such directory")
+    if os.path.isdir(os.path.expanduser(path)):
+        check_model_dir(path, f"reward model {name_or_path!r}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype),
