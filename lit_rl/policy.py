@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from lit_rl.errors import ModelNotFound
 from lit_rl.logprobs import token_entropy, token_logps
 from lit_rl.stopping import cut_after_stop
+from lit_rl.tokenizer import token_ids
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN = "builtin:"
@@ -241,7 +242,7 @@ class Policy(nn.Module):
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of rendered text; special tokens come from the chat template, never added here."""
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return token_ids(self.tokenizer, text)
 
     def encode_prompts(self, texts: list[str], max_new_tokens: int) -> tuple[Tensor, Tensor]:
         """Left-padded prompt ids and mask of rendered prompts. Prompts that would not leave room for
@@ -259,7 +260,7 @@ class Policy(nn.Module):
     def encode_completions(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Right-padded completion ids (each ending in EOS) and mask, for supervised targets."""
         eos = self.tokenizer.eos_token_id
-        return self.pad([self.tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts],
+        return self.pad([token_ids(self.tokenizer, t) + [eos] for t in texts],
                          left=False)
 
     def decode(self, completion_ids: Tensor, completion_mask: Tensor, stop: Sequence[str] = ()) -> list[str]:

@@ -1,6 +1,9 @@
 """A character-level tokenizer built locally (no download), saved and loaded like any hub tokenizer."""
 
 import re
+import warnings
+import weakref
+from typing import Any
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -26,3 +29,33 @@ def char_tokenizer(alphabet: str, words: tuple[str, ...] = (),
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, padding_side="left")
     tokenizer.chat_template = chat_template
     return tokenizer
+
+
+_reported: "weakref.WeakKeyDictionary[Any, set[str]]" = weakref.WeakKeyDictionary()   # per tokenizer: warned pieces
+
+
+def unknown_token_id(tokenizer: Any) -> int | None:
+    """The id the tokenizer gives text it has no token for (its model's unk token: the built-in character
+    tokenizers map unknown characters to ``<pad>``); ``None`` for tokenizers that cover every byte."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    unk = getattr(getattr(backend, "model", None), "unk_token", None)
+    return None if unk is None else tokenizer.convert_tokens_to_ids(unk)
+
+
+def token_ids(tokenizer: Any, text: str) -> list[int]:
+    """``text``'s token ids (no special tokens added); text the vocabulary cannot spell is warned about once per
+    tokenizer and character, naming the characters, rather than trained on silently as the unknown token."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    unk = unknown_token_id(tokenizer)
+    if unk is None or unk not in ids:
+        return ids
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    token = tokenizer.convert_ids_to_tokens(unk)
+    pieces = {text[a:b] for (a, b), i in zip(offsets, ids) if i == unk and text[a:b] != token}
+    new = sorted(pieces - _reported.setdefault(tokenizer, set()))
+    if new:
+        _reported[tokenizer].update(new)
+        warnings.warn(f"the tokenizer has no token for {new} (e.g. in {text[:80]!r}) and reads each as {token!r}; "
+                      f"the model sees {token!r} there (use text its vocabulary covers, or another tokenizer)",
+                      stacklevel=2)
+    return ids

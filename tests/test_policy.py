@@ -211,3 +211,24 @@ def test_the_shared_prompt_forward_is_the_full_forward(tiny_model_dir, lora):
         assert_close(b, a, rtol=1e-5, atol=1e-5)
     for a, b in zip(full_grads, shared_grads):
         assert_close(b, a, rtol=1e-4, atol=1e-5 * a.abs().max().item())
+
+
+def test_characters_the_vocabulary_cannot_spell_are_warned_about_once():
+    """The built-in character tokenizers read an unknown character as ``<pad>``: said once per character,
+    naming it (here for the policy and for the reward model's encoding)."""
+    import warnings
+
+    from lit_rl.rewards.model import load_reward_model, reward_inputs
+
+    policy = Policy.load("builtin:countdown-sft")
+    with pytest.warns(UserWarning, match=r"the tokenizer has no token for \['é', '€'\] .*reads each as '<pad>'"):
+        ids = policy.tokenize("numbers [1, 2] target 3: é€")
+    assert ids[-2:] == [policy.tokenizer.pad_token_id] * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                  # the same characters: no second warning
+        policy.tokenize("é again, € again")
+        policy.tokenize("numbers [1, 2] target 3: ")
+    _, tokenizer = load_reward_model("builtin:countdown-rm")
+    with pytest.warns(UserWarning, match=r"no token for \['ß'\]"):
+        reward_inputs(tokenizer, ["numbers [1] target 1: "], ["ß"], {"chat_template": None, "system_prompt": None,
+                                                                     "chat_template_kwargs": None}, None, None)

@@ -11,6 +11,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from lit_rl.chat import ChatTemplate, render_prompt
 from lit_rl.policy import check_model_dir, resolve
+from lit_rl.tokenizer import token_ids
 from lit_rl.rewards.base import Columns, Prompt, RewardFunction, Score
 
 
@@ -51,8 +52,8 @@ def reward_inputs(tokenizer: Any, prompts: list[Prompt], completions: list[str],
     model sees at inference exactly the texts it was trained on."""
     rows = []
     for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
-        head = tokenizer(render_prompt(tokenizer, prompt, **chat), add_special_tokens=False)["input_ids"]
-        tail = tokenizer(completion, add_special_tokens=False)["input_ids"] + ([eos_id] if eos_id is not None else [])
+        head = token_ids(tokenizer, render_prompt(tokenizer, prompt, **chat))
+        tail = token_ids(tokenizer, completion) + ([eos_id] if eos_id is not None else [])
         if max_length is not None and len(head) + len(tail) > max_length:
             room = max_length - len(tail)
             if room < 0:
