@@ -125,6 +125,25 @@ def test_bad_settings_are_named_at_construction(rm_dir, setting, message):
         RewardModel(rm_dir, **setting)
 
 
+def test_a_max_length_that_cannot_hold_the_longest_completion_is_refused_before_training(tiny_model_dir, rm_dir):
+    """max_new_tokens 12, plus EOS, plus one prompt token: 14. Under that, and with the policy's vocabulary (token
+    counts agree), the run stops at setup instead of at the first 12-token completion mid-run; inside Rewards too."""
+    def run(max_length):
+        seed_everything(0)
+        reward = Rewards([RewardModel(rm_dir, max_length=max_length), CountdownReward()])
+        module = RLOO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, reward=reward,
+                      val_sampling=Sampling(temperature=0.0, max_new_tokens=12))     # the longer of the two counts
+        Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False, limit_val_batches=0).fit(module, datamodule=CountdownData(
+                    batch_size=2, train_size=8, val_size=2))
+        return module
+
+    with pytest.raises(ValueError, match=r"RewardModel max_length=13 cannot hold a completion of max_new_tokens=12 "
+                                         r"tokens with its EOS and a prompt token .*set max_length >= 14"):
+        run(13)
+    assert run(14).global_step == 1
+
+
 def test_running_mean_std_golden():
     """[1, 2, 3] then [4]: mean 10/4 = 2.5; squared deviations 2.25 + 0.25 + 0.25 + 2.25 = 5, population
     variance 5/4 = 1.25 (the parallel update must equal the one-pass numbers)."""

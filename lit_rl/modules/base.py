@@ -389,6 +389,10 @@ class RLModule(PolicyModule):
         super().setup(stage)
         strategy = self.trainer.strategy
         check_clipping(strategy, self.max_grad_norm)
+        longest = max(s.max_new_tokens for s in (self.sampling, self.val_sampling) if s is not None)
+        for reward in (self.reward_fn, self.gold_reward_fn):
+            if callable(check := getattr(reward, "check_sampling", None)):
+                check(longest, self.policy.tokenizer)
         if self.policy.has_reference and not self.policy.is_lora and shards_parameters(strategy):
             size = sum(p.numel() * p.element_size() for p in self.policy.model.parameters()) / 2**30
             rank_zero_warn(f"the frozen reference is a full, unsharded copy of the policy on every device "

@@ -54,6 +54,11 @@ class RewardFunction:
         ``file:line``): raise a ``ValueError`` naming the rows this reward cannot score (an unparsable gold
         answer), rather than failing on one mid-run. Checks nothing by default."""
 
+    def check_sampling(self, max_new_tokens: int, tokenizer: Any) -> None:
+        """Called once before training with the longest completion the module samples, in tokens of the policy's
+        ``tokenizer``: raise a ``ValueError`` when such a completion could not be scored (a reward model whose
+        ``max_length`` cannot hold it), rather than at the first long one mid-run. Checks nothing by default."""
+
     def bind(self, device: Any, dtype: Any = None, training: bool = True) -> None:
         """Called by the module before each scoring with the policy's device and dtype and whether it trains:
         a reward holding a model (:class:`lit_rl.RewardModel`) follows the policy there; others ignore it."""

@@ -74,6 +74,11 @@ class Rewards(RewardFunction):
             if callable(check := getattr(reward, "check_rows", None)):
                 check(rows)
 
+    def check_sampling(self, max_new_tokens: int, tokenizer: Any) -> None:
+        for reward in self.rewards:
+            if callable(check := getattr(reward, "check_sampling", None)):
+                check(max_new_tokens, tokenizer)
+
     def bind(self, device: Any, dtype: Any = None, training: bool = True) -> None:
         for reward in self.rewards:
             if callable(bind := getattr(reward, "bind", None)):

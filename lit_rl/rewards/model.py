@@ -181,6 +181,16 @@ class RewardModel(RewardFunction):
                                        else None)
         self.updating = training
 
+    def check_sampling(self, max_new_tokens: int, tokenizer: Any) -> None:
+        """A completion is never cut, so ``max_length`` must hold the longest one with its EOS and a token of
+        prompt. Checked where the policy shares this model's vocabulary (token counts then agree); with another
+        tokenizer a too-long completion is named when it is scored."""
+        need = max_new_tokens + (self.eos_id is not None) + 1
+        if self.max_length is not None and self.max_length < need and tokenizer.get_vocab() == self.tokenizer.get_vocab():
+            raise ValueError(f"RewardModel max_length={self.max_length} cannot hold a completion of max_new_tokens="
+                             f"{max_new_tokens} tokens" + (" with its EOS" if self.eos_id is not None else "") +
+                             f" and a prompt token (completions are never cut): set max_length >= {need}")
+
     def state_dict(self) -> dict[str, Any]:
         return {"stats": self.stats.state_dict()} if self.normalize else {}
 
