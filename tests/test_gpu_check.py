@@ -10,10 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import needs_bf16_attention
+
 ROOT = Path(__file__).parents[1]
 ALGORITHMS, RUN, SKIPPED = ("grpo", "ppo", "dpo"), ("none", "fsdp2"), ("zero2",)
 
 
+@needs_bf16_attention                                  # the dry run trains in bfloat16
 def test_dry_run_reports_every_configuration_asked_for(tmp_path):
     out = tmp_path / "gpu_check.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu-dry-run", "--algorithms", *ALGORITHMS,

@@ -15,7 +15,7 @@ from lit_rl.data import ResumableBatches
 from lit_rl.modules.base import RLModule
 from lit_rl.objectives import rloo_advantages, zero_std_groups
 
-from conftest import SAMPLING, VAL
+from conftest import SAMPLING, VAL, needs_bf16_attention
 from conftest import fit as shared_fit
 
 
@@ -344,6 +344,7 @@ def test_the_shared_prompt_forward_gives_the_same_rollout_and_gradient(tiny_mode
         assert_close(b, a, rtol=0, atol=tokens * 2**-24 * scale)
 
 
+@needs_bf16_attention
 def test_training_bfloat16_weights_in_place_is_warned_about(tiny_model_dir):
     """AdamW on bfloat16 weights loses updates below their rounding step: the run says so and what to do."""
     torch.manual_seed(0)
