@@ -201,7 +201,7 @@ def test_unknown_reward_path_is_named(user_rewards, path, message):
 
 
 def test_columns_that_clash_with_the_signature_are_named(user_rewards):
-    with pytest.raises(ValueError, match=r"columns \['prompts'\] clash"):
+    with pytest.raises(ValueError, match=r"columns or kwargs \['prompts'\] clash"):
         score_batch(FunctionReward(f"{user_rewards}:length"), ["p"], ["c"], [{"prompts": 1}])
 
 

@@ -151,27 +151,29 @@ class PolicyModule(LightningModule):
         with self.timer("score"):
             texts = self.policy.decode(generation.completion_ids, generation.completion_mask, sampling.stop)
             groups = [row for row in range(len(prompts)) for _ in range(n)]      # each sample's row in the batch
+            ids = [row[m.bool()].tolist() for row, m in zip(generation.completion_ids, generation.completion_mask)]
             prompts, metas = [p for p in prompts for _ in range(n)], [m for m in metas for _ in range(n)]
-            scored = self.score(prompts, texts, metas, prompt_ids.device, groups)
+            scored = self.score(prompts, texts, metas, prompt_ids.device, groups, ids)
         return RolloutBatch(
             prompt_ids=prompt_ids.repeat_interleave(n, 0), prompt_mask=prompt_mask.repeat_interleave(n, 0),
             completion_ids=generation.completion_ids, completion_mask=generation.completion_mask,
             metas=metas, group_size=n, behaviour_logps=generation.logps, prompts=prompts, **scored)
 
     def score(self, prompts: list[Prompt], texts: list[str], metas: list[dict], device: torch.device,
-              groups: list[int] | None = None) -> dict[str, Any]:
+              groups: list[int] | None = None, completion_ids: list[list[int]] | None = None) -> dict[str, Any]:
         """The reward's scores as the rollout batch's ``scores``, ``correct`` (NaN: not judged) and ``components``,
         and the gold reward's as ``gold_scores`` and ``gold_correct``. Rewards holding a model are bound to the
         policy's device and dtype first, and told whether this is training (running statistics update then).
-        ``groups`` is each sample's row (rewards that normalise per group, :class:`lit_rl.Rewards`, use it)."""
+        ``groups`` is each sample's row (rewards that normalise per group, :class:`lit_rl.Rewards`, use it) and
+        ``completion_ids`` its generated token ids (TRL-style reward functions may read them)."""
         dtype = next(self.policy.parameters()).dtype
         for reward in (self.reward_fn, self.gold_reward_fn):
             if callable(bind := getattr(reward, "bind", None)):
                 bind(device, dtype, self.training)
-        scores = score_batch(self.reward_fn, prompts, texts, metas, groups)
+        scores = score_batch(self.reward_fn, prompts, texts, metas, groups, completion_ids)
         gold = {}
         if self.gold_reward_fn is not None:
-            golds = score_batch(self.gold_reward_fn, prompts, texts, metas, groups)
+            golds = score_batch(self.gold_reward_fn, prompts, texts, metas, groups, completion_ids)
             gold = {"gold_scores": torch.tensor([s.reward for s in golds], dtype=torch.float32, device=device),
                     "gold_correct": torch.tensor([float("nan") if s.correct is None else float(s.correct)
                                                   for s in golds], device=device)}

@@ -1,6 +1,8 @@
 """The reward interface: a batch of completions, their prompts and their dataset columns in, one :class:`Score`
 per completion out. Rewards never execute completion text."""
 
+import asyncio
+import concurrent.futures
 import copy
 import inspect
 import math
@@ -29,8 +31,10 @@ class RewardFunction:
     columns) or ``__call__(completion, meta) -> Score | float`` (one completion and a dict of its row's columns);
     the default :meth:`score` calls ``__call__`` per sample. ``name`` keys the reward's logged component. A
     :meth:`score` with a keyword argument ``groups`` (:class:`Rewards`) is also given, per sample, the index of
-    the dataset row it was sampled from. Each reward gets its own copies of its inputs: editing them changes
-    nothing another reward or the completion log sees.
+    the dataset row it was sampled from, and one with ``completion_ids`` the completions' token ids as generated.
+    An asynchronous reward's :meth:`score` may return an awaitable of its list: :class:`Rewards` awaits its
+    components' together. Each reward gets its own copies of its inputs: editing them changes nothing another
+    reward or the completion log sees.
     """
 
     name: str | None = None
@@ -118,19 +122,35 @@ def checked_scores(reward: Any, out: Any, completions: list[str], allow_none: bo
     return scores
 
 
-def call_score(reward: Any, prompts: list[Prompt], completions: list[str], columns: Columns,
-               groups: list[Hashable] | None = None) -> Any:
+def call_score(reward: Any, prompts: list[Prompt], completions: list[str], columns: Columns, **extras: Any) -> Any:
     """``reward.score`` on copies of its inputs (a reward that edits them changes nothing its caller keeps: a
-    deep copy costs little beside scoring), with ``groups`` where its ``score`` takes that keyword."""
-    takes_groups = groups is not None and "groups" in inspect.signature(reward.score).parameters
-    return reward.score(copy.deepcopy(prompts), list(completions), copy.deepcopy(columns),
-                        **({"groups": list(groups)} if takes_groups else {}))
+    deep copy costs little beside scoring), with each of ``extras`` (``groups``, ``completion_ids``) that is known
+    and that its ``score`` takes as a keyword."""
+    takes = inspect.signature(reward.score).parameters
+    known = {k: copy.deepcopy(v) for k, v in extras.items() if v is not None and k in takes}
+    return reward.score(copy.deepcopy(prompts), list(completions), copy.deepcopy(columns), **known)
 
 
-def score_batch(reward: RewardFunction, prompts: list[Prompt], completions: list[str],
-                metas: list[dict[str, Any]], groups: list[Hashable] | None = None) -> list[Score]:
+def run_awaitables(awaitables: list[Any]) -> list[Any]:
+    """The results of ``awaitables``, awaited concurrently in one event loop (in a thread of its own when this
+    thread already runs a loop, as a notebook's does)."""
+    async def gather() -> list[Any]:
+        return list(await asyncio.gather(*awaitables))
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(gather())
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, gather()).result()
+
+
+def score_batch(reward: RewardFunction, prompts: list[Prompt], completions: list[str], metas: list[dict[str, Any]],
+                groups: list[Hashable] | None = None, completion_ids: list[list[int]] | None = None) -> list[Score]:
     """Score every completion with ``reward`` in one call and check what it returned; ``groups`` is, per sample,
-    the dataset row it was sampled from (for rewards that normalise within a row's group, :class:`Rewards`)."""
+    the dataset row it was sampled from (for rewards that normalise within a row's group, :class:`Rewards`), and
+    ``completion_ids`` its token ids as generated (for rewards that read them, as TRL's may)."""
     if reward is None:
         raise ValueError("no reward is set: give the module a `reward` (e.g. model.init_args.reward in the YAML)")
-    return checked_scores(reward, call_score(reward, prompts, completions, columns_of(metas), groups), completions)
+    out = call_score(reward, prompts, completions, columns_of(metas), groups=groups, completion_ids=completion_ids)
+    return checked_scores(reward, run_awaitables([out])[0] if inspect.isawaitable(out) else out, completions)

@@ -1,11 +1,13 @@
 """Several rewards as one: a weighted sum, each component logged and stored per sample."""
 
+import inspect
 import json
 import math
 from collections.abc import Hashable
 from typing import Any, Literal
 
-from lit_rl.rewards.base import Columns, Prompt, RewardFunction, Score, call_score, checked_scores, reward_name
+from lit_rl.rewards.base import (Columns, Prompt, RewardFunction, Score, call_score, checked_scores, reward_name,
+                                 run_awaitables)
 
 Mode = Literal["sum", "normalize_then_sum"]
 
@@ -95,9 +97,13 @@ class Rewards(RewardFunction):
                 reward.load_state_dict(state[name])
 
     def score(self, prompts: list[Prompt], completions: list[str], columns: Columns, *,
-              groups: list[Hashable] | None = None) -> list[Score]:
-        parts = [checked_scores(r, call_score(r, prompts, completions, columns, groups), completions, allow_none=True)
-                 for r in self.rewards]                                 # [K][N], each on its own copies
+              groups: list[Hashable] | None = None, completion_ids: list[list[int]] | None = None) -> list[Score]:
+        outs = [call_score(r, prompts, completions, columns, groups=groups, completion_ids=completion_ids)
+                for r in self.rewards]                                  # each on its own copies
+        waiting = [k for k, out in enumerate(outs) if inspect.isawaitable(out)]
+        for k, out in zip(waiting, run_awaitables([outs[k] for k in waiting])):   # async components, concurrently
+            outs[k] = out
+        parts = [checked_scores(r, out, completions, allow_none=True) for r, out in zip(self.rewards, outs)]  # [K][N]
         raw = [[None if s is None else s.reward for s in part] for part in parts]
         if groups is None:                                              # a direct call: group by prompt text
             groups = [p if isinstance(p, str) else json.dumps(p) for p in prompts]

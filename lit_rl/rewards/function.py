@@ -1,11 +1,12 @@
-"""Any Python function as a reward, with the signature users know from peer libraries."""
+"""Any Python function as a reward, called as TRL calls one."""
 
 import functools
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
-from lit_rl.rewards.base import Columns, Prompt, RewardFunction, Score
+from lit_rl.rewards.base import Columns, Prompt, RewardFunction
 
 
 def load_function(path: str) -> Callable[..., Any]:
@@ -32,34 +33,70 @@ def function_name(fn: Callable[..., Any]) -> str:
 
 
 class FunctionReward(RewardFunction):
-    """``fn(prompts, completions, **columns) -> list[float | None]``, loaded by dotted path.
+    """A Python function as a reward, called as TRL calls one: by keyword,
+    ``fn(prompts=..., completions=..., completion_ids=..., **columns) -> list[float | None]``.
 
-    ``prompts`` are the dataset's prompts (text, or chat messages), ``completions`` the decoded completions
-    (text), and every dataset column reaches the function as a keyword argument holding one value per
-    completion (accept ``**kwargs`` for the ones you ignore). An item may also be a :class:`lit_rl.Score` to
-    report correctness; ``None`` (no opinion) is allowed when the function is one of several in
-    :class:`lit_rl.Rewards`.
+    ``prompts`` are the dataset's prompts (text, or chat messages); ``completions`` the decoded completions, as
+    text for text prompts and, for chat prompts, as conversations of one assistant message
+    (``[{"role": "assistant", "content": ...}]``, TRL's convention; ``conversational: false`` gives text);
+    ``completion_ids`` their token ids as generated (``None`` where unknown, as for stored completions without
+    ids); every dataset column arrives as a keyword argument holding one value per completion. A function with
+    ``**kwargs`` gets all of them; one without gets those it names. An item may be a float, a
+    :class:`lit_rl.Score` to report correctness, or ``None`` (no opinion) inside :class:`lit_rl.Rewards`. An
+    ``async def`` function is awaited, concurrently with the other asynchronous components of a ``Rewards``.
+    The convention matched is TRL 1.16's ``GRPOTrainer._calculate_rewards``: ``trl.rewards.accuracy_reward``,
+    ``think_format_reward`` and a quick-start ``def reward_len(completions, **kwargs)`` run unchanged.
     """
 
-    def __init__(self, function: str, name: str | None = None, kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(self, function: str, name: str | None = None, kwargs: dict[str, Any] | None = None,
+                 conversational: bool | None = None) -> None:
         """
         Args:
             function: dotted path, e.g. ``mypkg.rewards:accuracy``.
             name: the logged component's name (default: the function's name; a ``functools.partial``'s
                 function's; a callable object's class name).
             kwargs: extra keyword arguments passed on every call.
+            conversational: completions as assistant messages (``true``), as text (``false``), or as messages
+                exactly when the prompts are (default).
         """
         self.function, self.fn = function, load_function(function)
         self.name = name or function_name(self.fn)
         self.kwargs = dict(kwargs or {})
+        self.conversational = conversational
 
-    def score(self, prompts: list[Prompt], completions: list[str], columns: Columns) -> list[Score | float | None]:
-        clash = {"prompts", "completions"} & set(columns)
+    def score(self, prompts: list[Prompt], completions: list[str], columns: Columns, *,
+              completion_ids: list[list[int]] | None = None) -> Any:
+        clash = {"prompts", "completions", "completion_ids"} & (set(columns) | set(self.kwargs))
         if clash:
-            raise ValueError(f"dataset columns {sorted(clash)} clash with {self.function}'s own arguments; rename them")
+            raise ValueError(f"dataset columns or kwargs {sorted(clash)} clash with {self.function}'s own arguments; "
+                             f"rename them")
+        chat = self.conversational if self.conversational is not None else any(not isinstance(p, str) for p in prompts)
+        shown = [[{"role": "assistant", "content": c}] for c in completions] if chat else completions
+        arguments = accepted(self.fn, {"prompts": prompts, "completions": shown, "completion_ids": completion_ids,
+                                       **columns, **self.kwargs})
+        where = (f"reward function {self.function} failed on a batch of {len(completions)} completions (columns "
+                 f"{sorted(columns)}; first completion {completions[0][:200]!r})")
         try:
-            return self.fn(prompts, completions, **columns, **self.kwargs)
+            out = self.fn(**arguments)
         except Exception as err:
-            raise RuntimeError(f"reward function {self.function} failed on a batch of {len(completions)} "
-                               f"completions (columns {sorted(columns)}; first completion {completions[0][:200]!r}): "
-                               f"{type(err).__name__}: {err}") from err
+            raise RuntimeError(f"{where}: {type(err).__name__}: {err}") from err
+        return _awaited(out, where) if inspect.isawaitable(out) else out
+
+
+async def _awaited(out: Any, where: str) -> Any:
+    try:
+        return await out
+    except Exception as err:
+        raise RuntimeError(f"{where}: {type(err).__name__}: {err}") from err
+
+
+def accepted(fn: Callable[..., Any], arguments: dict[str, Any]) -> dict[str, Any]:
+    """The ``arguments`` ``fn`` takes by keyword: all of them when it has ``**kwargs``, else those it names."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):                                    # a builtin without a signature: pass all
+        return arguments
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return arguments
+    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in arguments.items() if k in names}
