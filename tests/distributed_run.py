@@ -68,7 +68,7 @@ def main(kind: str, devices: int, batch_size: int, out: str, algorithm: str = "r
     module = {"rloo": RLOO, "ppo": PPO}[algorithm](
         **extra, model="builtin:countdown-sft", group_size=2, aggregation="token_mean", engine=PromptSeededEngine(),
         sampling=Sampling(temperature=1.0, max_new_tokens=16), reward=PlusAndLength(), max_grad_norm=None,
-        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.0))
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, eps=1e-6, weight_decay=0.0))   # eps: see test_distributed
     strategy = {"single": "auto", "ddp": "ddp",
                 "fsdp2": ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1)}[kind]
     losses = Losses()
