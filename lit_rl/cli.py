@@ -139,8 +139,10 @@ class LitRLCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         config = self._get(self.config_init, "trainer", default={})
-        if config.get("logger") in (None, True):
-            kwargs["logger"] = self._run_loggers(config)
+        logger = config.get("logger")
+        if logger is not False:                                         # W&B, MLflow, ...: beside the run's own
+            others = [] if logger in (None, True) else logger if isinstance(logger, list) else [logger]
+            kwargs["logger"] = [*self._run_loggers(config), *others]
         callbacks = config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         if _RICH_AVAILABLE and config.get("enable_progress_bar") is not False and not any(

@@ -39,8 +39,8 @@ def test_every_config_parses(config):
     assert cli.config.data.class_path.startswith("lit_rl.")
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "lit_rl.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -77,6 +77,29 @@ def test_fit_writes_its_own_run_directory(tmp_path, tiny_model_dir):
     assert learning.SUMMARY.search(result.stdout).group(1) == "rloo"
     exported = Policy.load(str(run_dir / "hf_model"))                     # loads like a hub model
     assert sum(p.numel() for p in exported.parameters()) > 0
+
+
+def test_a_wandb_logger_writes_beside_the_run_directorys_logs(tmp_path, tiny_model_dir):
+    """A ``trainer.logger`` (here W&B, offline) joins the run directory's CSV and TensorBoard logs instead of
+    replacing them: metrics.csv, the events, completions.jsonl, summary.txt and hf_model/ stay in
+    runs/<algo>/<timestamp>/, and W&B writes its offline run with the same metrics."""
+    pytest.importorskip("wandb", reason="the W&B test needs wandb: `make venv` installs it")
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb"), "WANDB_SILENT": "true"}
+    (tmp_path / "wandb").mkdir()
+    result = run_cli("fit", "--config", str(ROOT / "cli_configs" / "rloo.yaml"), "--trainer.max_steps", "2",
+                     "--model.init_args.model", tiny_model_dir, "--trainer.default_root_dir", str(tmp_path / "runs"),
+                     "--model.init_args.sampling.max_new_tokens", "8", "--data.init_args.batch_size", "2",
+                     "--model.init_args.val_sampling.max_new_tokens", "8", "--data.init_args.val_size", "4",
+                     "--trainer.logger", "lightning.pytorch.loggers.WandbLogger", "--trainer.logger.init_args.offline",
+                     "true", "--trainer.logger.init_args.project", "lit-rl-test", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs" / "rloo").iterdir()
+    for name in ("config.yaml", "metrics.csv", "completions.jsonl", "summary.txt", "hf_model/config.json"):
+        assert (run_dir / name).is_file(), name
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    (offline,) = (tmp_path / "wandb").glob("offline-run-*")
+    (history,) = offline.glob("run-*.wandb")
+    assert b"rollout/reward_mean" in history.read_bytes()
 
 
 def test_the_prompt_file_config_runs_and_logs_its_samples(tmp_path, tiny_model_dir):
