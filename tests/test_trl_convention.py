@@ -39,6 +39,23 @@ TRL_STYLE = textwrap.dedent('''
         return [None if t % 2 else float(sum(ch.isdigit() for ch in c[0]["content"]) + seen)
                 for c, t in zip(completions, target)]
 
+    def hangs(completions, **kwargs):
+        import time
+        time.sleep(3)
+        return [0.0 for _ in completions]
+
+    async def hangs_async(completions, **kwargs):
+        await asyncio.sleep(3)
+        return [0.0 for _ in completions]
+
+    def slow(completions, **kwargs):
+        import time
+        time.sleep(0.3)
+        return [1.0 for _ in completions]
+
+    async def raises_its_own_timeout(completions, **kwargs):
+        raise TimeoutError("the judge API timed out")
+
     async def other(completions, **kwargs):
         started.append("other")
         for _ in range(3):
@@ -107,3 +124,22 @@ def test_two_trl_style_functions_train_on_a_conversational_dataset(trl_style, ti
         decoded = tokenizer.batch_decode(kwargs["completion_ids"], skip_special_tokens=True)
         assert decoded == texts and all(isinstance(i, int) for ids in kwargs["completion_ids"] for i in ids)
     assert torch.isfinite(torch.tensor([p.detach().abs().sum() for p in module.policy.parameters()])).all()
+
+
+@pytest.mark.parametrize("function", ["hangs", "hangs_async"])
+def test_a_reward_past_its_timeout_stops_the_run_by_name(trl_style, function):
+    reward = FunctionReward(f"trl_style:{function}", timeout=0.2)
+    with pytest.raises(TimeoutError, match=rf"reward function trl_style:{function} did not return within its timeout "
+                                           r"of 0.2 s on a batch of 1 completions"):
+        score_batch(reward, ["p"], ["c"], [{}])
+    with pytest.raises(ValueError, match="timeout must be positive"):
+        FunctionReward("trl_style:hangs", timeout=0)
+
+
+def test_a_slow_reward_is_named_and_its_own_timeout_error_is_not_taken_for_ours(trl_style, caplog):
+    with caplog.at_level("WARNING", logger="lit_rl.rewards.function"):
+        assert [s.reward for s in score_batch(FunctionReward("trl_style:slow", warn_after=0.1, timeout=5), ["p"],
+                                              ["c"], [{}])] == [1.0]
+    assert "reward function trl_style:slow took 0.3 s on a batch of 1 completions (warn_after: 0.1" in caplog.text
+    with pytest.raises(RuntimeError, match="failed on a batch of 1 completions .*TimeoutError: the judge API"):
+        score_batch(FunctionReward("trl_style:raises_its_own_timeout", timeout=5), ["p"], ["c"], [{}])

@@ -1,12 +1,18 @@
 """Any Python function as a reward, called as TRL calls one."""
 
+import asyncio
 import functools
 import importlib
 import inspect
+import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from lit_rl.rewards.base import Columns, Prompt, RewardFunction
+
+log = logging.getLogger(__name__)
 
 
 def load_function(path: str) -> Callable[..., Any]:
@@ -49,7 +55,7 @@ class FunctionReward(RewardFunction):
     """
 
     def __init__(self, function: str, name: str | None = None, kwargs: dict[str, Any] | None = None,
-                 conversational: bool | None = None) -> None:
+                 conversational: bool | None = None, timeout: float | None = None, warn_after: float = 60.0) -> None:
         """
         Args:
             function: dotted path, e.g. ``mypkg.rewards:accuracy``.
@@ -58,11 +64,19 @@ class FunctionReward(RewardFunction):
             kwargs: extra keyword arguments passed on every call.
             conversational: completions as assistant messages (``true``), as text (``false``), or as messages
                 exactly when the prompts are (default).
+            timeout: seconds one call (a whole batch) may take before the run stops with an error naming the
+                function (default: no limit). A plain function runs in a thread of its own then, which Python
+                cannot stop: it may go on in the background.
+            warn_after: seconds after which a call that finished is reported as slow (once per call).
         """
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"FunctionReward {function}: timeout must be positive seconds or unset, got {timeout}")
+        if not warn_after > 0:
+            raise ValueError(f"FunctionReward {function}: warn_after must be positive seconds, got {warn_after}")
         self.function, self.fn = function, load_function(function)
         self.name = name or function_name(self.fn)
         self.kwargs = dict(kwargs or {})
-        self.conversational = conversational
+        self.conversational, self.timeout, self.warn_after = conversational, timeout, warn_after
 
     def score(self, prompts: list[Prompt], completions: list[str], columns: Columns, *,
               completion_ids: list[list[int]] | None = None) -> Any:
@@ -76,18 +90,63 @@ class FunctionReward(RewardFunction):
                                        **columns, **self.kwargs})
         where = (f"reward function {self.function} failed on a batch of {len(completions)} completions (columns "
                  f"{sorted(columns)}; first completion {completions[0][:200]!r})")
+        start = time.monotonic()
         try:
-            out = self.fn(**arguments)
+            out = self.fn(**arguments) if self.timeout is None else in_thread(self.fn, arguments, self.timeout)
+        except OverTime:
+            raise self._late(len(completions)) from None
         except Exception as err:
             raise RuntimeError(f"{where}: {type(err).__name__}: {err}") from err
-        return _awaited(out, where) if inspect.isawaitable(out) else out
+        if inspect.isawaitable(out):
+            return self._awaited(out, where, start, len(completions))
+        self._warn_if_slow(start, len(completions))
+        return out
+
+    async def _awaited(self, out: Any, where: str, start: float, n: int) -> Any:
+        try:
+            result = await asyncio.wait_for(out, self.timeout)
+        except TimeoutError as err:                                    # ours, or one the function raised itself
+            if self.timeout is None or time.monotonic() - start < self.timeout:
+                raise RuntimeError(f"{where}: {type(err).__name__}: {err}") from err
+            raise self._late(n) from None
+        except Exception as err:
+            raise RuntimeError(f"{where}: {type(err).__name__}: {err}") from err
+        self._warn_if_slow(start, n)
+        return result
+
+    def _late(self, n: int) -> TimeoutError:
+        return TimeoutError(f"reward function {self.function} did not return within its timeout of {self.timeout:g} s "
+                            f"on a batch of {n} completions (raise timeout, or make the function time itself out)")
+
+    def _warn_if_slow(self, start: float, n: int) -> None:
+        if (seconds := time.monotonic() - start) > self.warn_after:
+            log.warning(f"reward function {self.function} took {seconds:.1f} s on a batch of {n} completions "
+                        f"(warn_after: {self.warn_after:g}; a timeout stops a call that hangs)")
 
 
-async def _awaited(out: Any, where: str) -> Any:
-    try:
-        return await out
-    except Exception as err:
-        raise RuntimeError(f"{where}: {type(err).__name__}: {err}") from err
+class OverTime(Exception):
+    """A call ran past its time limit (not a ``TimeoutError`` the function raised itself)."""
+
+
+def in_thread(fn: Callable[..., Any], arguments: dict[str, Any], timeout: float) -> Any:
+    """``fn(**arguments)`` in a daemon thread, its result or its exception; :class:`OverTime` after ``timeout``
+    seconds (the thread is left running: Python cannot stop it, and a daemon thread never blocks the exit)."""
+    done: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            done["result"] = fn(**arguments)
+        except BaseException as err:                                   # re-raised in the caller's thread
+            done["error"] = err
+
+    thread = threading.Thread(target=run, name=f"reward {function_name(fn)}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise OverTime
+    if "error" in done:
+        raise done["error"]
+    return done["result"]
 
 
 def accepted(fn: Callable[..., Any], arguments: dict[str, Any]) -> dict[str, Any]:
