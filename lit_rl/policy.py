@@ -5,6 +5,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +54,25 @@ def check_model_dir(path: str, what: str) -> str:
     hint = f"; the models below it: {below}" if below else (
         "; a lit-rl run directory keeps its trained model in hf_model/ (written at the end of training)")
     raise ModelNotFound(f"{what}: {path} is a directory but not a saved model (it holds no config.json){hint}")
+
+
+MANAGED = {"dtype": "dtype", "torch_dtype": "dtype", "device_map": "the Lightning strategy (devices, accelerator)",
+           "pretrained_model_name_or_path": "model"}                 # settings lit-rl owns: named where they live
+SHARED = ("revision", "trust_remote_code", "cache_dir", "subfolder")   # passed to the tokenizer too
+
+
+def check_model_kwargs(model_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``model_kwargs`` for ``from_pretrained``, refusing what lit-rl sets itself (the dtype, the devices) and
+    warning about ``trust_remote_code: true``, which runs Python code from the model's repository."""
+    model_kwargs = dict(model_kwargs or {})
+    for key, where in MANAGED.items():
+        if key in model_kwargs:
+            raise ValueError(f"model_kwargs.{key} is set by lit-rl itself: use {where} instead")
+    if model_kwargs.get("trust_remote_code"):
+        warnings.warn("model_kwargs.trust_remote_code: true runs Python code from the model's repository (its "
+                      "modeling and tokenizer files) in this process; set it only for a repository you trust",
+                      stacklevel=3)
+    return model_kwargs
 
 
 def locate_model(name_or_path: str) -> str:
@@ -141,17 +161,18 @@ class Policy(nn.Module):
 
     @classmethod
     def load(cls, name_or_path: str, dtype: str = "float32", lora: LoraSettings | None = None,
-             gradient_checkpointing: bool = False) -> "Policy":
+             gradient_checkpointing: bool = False, model_kwargs: dict[str, Any] | None = None) -> "Policy":
+        model_kwargs = check_model_kwargs(model_kwargs)
         path = locate_model(name_or_path)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path, **{k: v for k, v in model_kwargs.items() if k in SHARED})
         except OSError as err:
             if Path(path).is_dir():
                 raise
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ModelNotFound(f"model {name_or_path!r}: no such directory, and the hub could not provide it "
                                 f"({first})") from err
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).train()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **model_kwargs).train()
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora is not None:

@@ -232,3 +232,22 @@ def test_characters_the_vocabulary_cannot_spell_are_warned_about_once():
     with pytest.warns(UserWarning, match=r"no token for \['ß'\]"):
         reward_inputs(tokenizer, ["numbers [1] target 1: "], ["ß"], {"chat_template": None, "system_prompt": None,
                                                                      "chat_template_kwargs": None}, None, None)
+
+
+def test_model_kwargs_reach_from_pretrained_and_what_lit_rl_sets_is_refused(tiny_model_dir):
+    """Peer libraries' model options (``attn_implementation``, ``revision``, ``trust_remote_code``) pass through
+    to ``from_pretrained``; the dtype and the devices are lit-rl's own settings and named as such."""
+    from lit_rl import RLOO
+    from lit_rl.tasks.countdown import CountdownReward
+
+    eager = Policy.load(tiny_model_dir, model_kwargs={"attn_implementation": "eager", "revision": "main"})
+    assert eager.model.config._attn_implementation == "eager"
+    assert Policy.load(tiny_model_dir).model.config._attn_implementation == "sdpa"
+    for key, where in [("dtype", "use dtype"), ("torch_dtype", "use dtype"), ("device_map", "use the Lightning strategy")]:
+        with pytest.raises(ValueError, match=rf"model_kwargs.{key} is set by lit-rl itself: {where}"):
+            Policy.load(tiny_model_dir, model_kwargs={key: "auto"})
+    with pytest.warns(UserWarning, match="trust_remote_code: true runs Python code from the model's repository"):
+        Policy.load(tiny_model_dir, model_kwargs={"trust_remote_code": True})
+    module = RLOO(model=tiny_model_dir, reward=CountdownReward(), model_kwargs={"attn_implementation": "eager"})
+    assert module.hparams.model_kwargs == {"attn_implementation": "eager"}           # saved with the run's settings
+    assert module.policy.model.config._attn_implementation == "eager"

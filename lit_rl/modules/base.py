@@ -97,6 +97,7 @@ class PolicyModule(LightningModule):
         dtype: str = "float32",
         lora: LoraSettings | None = None,
         gradient_checkpointing: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
         engine: RolloutEngine | None = None,
         val_sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=32),
         chat_template: ChatTemplate = "auto",
@@ -113,6 +114,8 @@ class PolicyModule(LightningModule):
             dtype: the dtype the weights are loaded in.
             lora: train a LoRA adapter instead of all weights (the reference is then the adapter-disabled model).
             gradient_checkpointing: trade compute for activation memory.
+            model_kwargs: more ``from_pretrained`` settings, as in peer libraries (``attn_implementation``,
+                ``revision``, ``trust_remote_code``; see :func:`lit_rl.policy.check_model_kwargs`).
             engine: the rollout engine; defaults to ``HFEngine`` (``transformers`` ``generate``).
             val_sampling: decoding used for validation on the held-out split (greedy by default).
             chat_template: ``auto`` renders prompts with the tokenizer's chat template when the prompt is a list
@@ -126,7 +129,7 @@ class PolicyModule(LightningModule):
         """
         super().__init__()
         self.save_hyperparameters(ignore=["reward", "gold_reward", "optimizer", "lr_scheduler", "engine"])
-        self.policy = Policy.load(model, dtype, lora, gradient_checkpointing)
+        self.policy = Policy.load(model, dtype, lora, gradient_checkpointing, model_kwargs)
         self.reward_fn, self.gold_reward_fn = reward, gold_reward
         self.optimizer_fn, self.lr_scheduler_fn = optimizer, lr_scheduler
         self.engine = engine if engine is not None else HFEngine()
