@@ -3,10 +3,12 @@ split, retries, time limits, and named errors for every way a server can answer 
 
 import json
 import math
+import textwrap
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from jsonargparse import ArgumentParser
 from lightning.pytorch import seed_everything
 
 from conftest import SAMPLING, fit
@@ -92,6 +94,12 @@ def test_scores_come_back_in_order_with_the_batch_sent_as_json(server):
                     "labels": ["4", "7", "2"], "columns": {"answer": ["4", "7", "2"], "id": [0, 1, 2]}}
     assert headers["Authorization"] == "Bearer secret" and headers["Content-Type"] == "application/json"
     assert "secret" not in repr(reward)
+
+
+def test_a_header_reads_a_secret_from_the_environment(server, monkeypatch):
+    monkeypatch.setenv("LIT_RL_TEST_TOKEN", "secret")
+    scores(RemoteReward(server.url, headers={"Authorization": "Bearer ${LIT_RL_TEST_TOKEN}", "X-Price": "$5"}))
+    assert server.headers[0]["Authorization"] == "Bearer secret" and server.headers[0]["X-Price"] == "$5"
 
 
 def test_chat_prompts_are_sent_as_messages_and_the_query_ends_with_the_completion(server):
@@ -219,7 +227,10 @@ def test_a_missing_label_column_is_named(server):
     ({"url": "http://127.0.0.1:1", "backoff": -0.5}, r"backoff must be a number of seconds >= 0"),
     ({"url": "http://127.0.0.1:1", "batch_size": 0}, r"batch_size must be a positive number of completions"),
     ({"url": "http://127.0.0.1:1", "name": ""}, r"RemoteReward name must be a non-empty string"),
-    ({"url": "http://127.0.0.1:1", "headers": {"X-Key": "a\nb"}}, r"header 'X-Key' must map a name to a string"),
+    ({"url": "http://127.0.0.1:1", "headers": {"X-Key": "a\nb"}}, r"header 'X-Key' must fit on one line"),
+    ({"url": "http://127.0.0.1:1", "headers": {"X-Key": 3}}, r"header 'X-Key' must map a name to a string"),
+    ({"url": "http://127.0.0.1:1", "headers": {"X-Key": "${LIT_RL_UNSET_TOKEN}"}},
+     r"header 'X-Key' reads the environment variable LIT_RL_UNSET_TOKEN, which is not set"),
 ])
 def test_bad_settings_are_named_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -240,3 +251,22 @@ def test_grpo_trains_with_a_remote_reward_beside_a_local_one(server, tiny_model_
         assert len(body["completions"]) == 2 and body["labels"] == body["columns"]["target"]
         assert all(q == p + c for q, p, c in zip(body["query"], body["prompts"], body["completions"]))
     assert "reward/remote_mean" in trainer.callback_metrics
+
+
+def test_a_yaml_config_builds_it():
+    """``class_path: lit_rl.RemoteReward`` with its typed settings, as a module's ``reward`` in a config."""
+    parser = ArgumentParser()
+    parser.add_argument("--reward", type=RewardFunction)
+    config = parser.parse_string(textwrap.dedent("""
+        reward:
+          class_path: lit_rl.RemoteReward
+          init_args:
+            url: http://127.0.0.1:5000/get_reward
+            timeout: 30
+            batch_size: 64
+            label_column: answer
+            headers: {Authorization: Bearer secret}
+    """))
+    reward = parser.instantiate_classes(config).reward
+    assert isinstance(reward, RemoteReward) and reward.timeout == 30.0 and reward.batch_size == 64
+    assert reward.label_column == "answer" and reward.name == "remote" and reward.retries == 2

@@ -5,6 +5,8 @@ import asyncio
 import http.client
 import json
 import math
+import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -14,6 +16,7 @@ from typing import Any
 from lit_rl.rewards.base import Columns, Prompt, RewardFunction, Score
 
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})               # the server's trouble, not the request's
+ENV_VAR = re.compile(r"\$\{(\w+)\}")                                    # ${NAME} in a header value
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -59,8 +62,9 @@ class RemoteReward(RewardFunction):
 
     ``batch_size`` splits a step's completions into several requests, sent together (concurrently) and their
     scores joined in order; several ``RemoteReward`` inside one :class:`lit_rl.Rewards` are also asked together.
-    Nothing the server returns is executed, and nothing but the JSON batch (and ``headers``) is sent; ``headers``
-    never appear in an error message.
+    Nothing the server returns is executed, and nothing but the JSON batch (and ``headers``) is sent; header values
+    never appear in an error message or the reward's ``repr``, and a ``${NAME}`` in one is read from the environment
+    (a run's ``config.yaml`` keeps the settings as written).
     """
 
     def __init__(self, url: str, name: str = "remote", timeout: float = 60.0, retries: int = 2, backoff: float = 1.0,
@@ -73,7 +77,8 @@ class RemoteReward(RewardFunction):
             timeout: seconds to wait for the server in each request before trying again.
             retries: further tries after a timeout, a refused connection or an HTTP 429/5xx.
             backoff: seconds before the first retry, doubled before each next one.
-            headers: extra HTTP headers (e.g. ``Authorization: Bearer ...``); never logged.
+            headers: extra HTTP headers (e.g. ``Authorization: Bearer ${REWARD_TOKEN}``); ``${NAME}`` reads the
+                environment variable ``NAME`` at construction, so a secret stays out of the saved ``config.yaml``.
             batch_size: completions per request (default: all of a step's in one).
             label_column: the dataset column sent as ``labels`` (OpenRLHF's ground truth), e.g. ``answer``.
         """
@@ -98,8 +103,15 @@ class RemoteReward(RewardFunction):
                              f"{label_column!r})")
         headers = dict(headers or {})
         for key, value in headers.items():                              # values unnamed: they may be secrets
-            if not isinstance(key, str) or not isinstance(value, str) or any(c in key + value for c in "\r\n"):
-                raise ValueError(f"RemoteReward {name}: header {key!r} must map a name to a string on one line")
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ValueError(f"RemoteReward {name}: header {key!r} must map a name to a string")
+            unset = [var for var in ENV_VAR.findall(value) if var not in os.environ]
+            if unset:
+                raise ValueError(f"RemoteReward {name}: header {key!r} reads the environment variable {unset[0]}, "
+                                 f"which is not set")
+            headers[key] = ENV_VAR.sub(lambda m: os.environ[m.group(1)], value)
+            if any(c in key + headers[key] for c in "\r\n"):
+                raise ValueError(f"RemoteReward {name}: header {key!r} must fit on one line")
         self.url, self.name, self.timeout, self.retries, self.backoff = url, name, float(timeout), retries, float(backoff)
         self.batch_size, self.label_column = batch_size, label_column
         self._headers = headers                                         # private: kept out of repr and errors
