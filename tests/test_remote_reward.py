@@ -51,7 +51,7 @@ class RewardServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)   # port 0: a free one
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/get_reward"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
 
     def answers(self, *replies):
         """Answer the next requests with ``replies`` in turn, then as the last one."""

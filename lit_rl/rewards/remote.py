@@ -61,7 +61,9 @@ class RemoteReward(RewardFunction):
          after ``backoff``, ``2 * backoff``, ... seconds; an HTTP 4xx, a redirect or a malformed answer is not.
 
     ``batch_size`` splits a step's completions into several requests, sent together (concurrently) and their
-    scores joined in order; several ``RemoteReward`` inside one :class:`lit_rl.Rewards` are also asked together.
+    scores joined in order; several ``RemoteReward`` inside one :class:`lit_rl.Rewards` are also asked together
+    (:meth:`score` is asynchronous: called directly it returns an awaitable, as :func:`lit_rl.rewards.score_batch`
+    and ``Rewards`` expect).
     Nothing the server returns is executed, and nothing but the JSON batch (and ``headers``) is sent; header values
     never appear in an error message or the reward's ``repr``, and a ``${NAME}`` in one is read from the environment
     (a run's ``config.yaml`` keeps the settings as written).
