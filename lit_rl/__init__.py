@@ -9,7 +9,7 @@ from lit_rl.modules import (
 )
 from lit_rl.offline import OfflineData
 from lit_rl.policy import LoraSettings, Policy
-from lit_rl.rewards import FormatReward, FunctionReward, MathReward, RewardFunction, Rewards, Score
+from lit_rl.rewards import FormatReward, FunctionReward, MathReward, RemoteReward, RewardFunction, Rewards, Score
 from lit_rl.rewards.model import RewardModel
 from lit_rl.rollout import Generation, HFEngine, RolloutBatch, RolloutEngine, Sampling
 from lit_rl.tasks.countdown import CountdownData, CountdownReward
@@ -25,6 +25,6 @@ __all__ = [
     "GRPO", "RLOO", "REINFORCE", "SFT", "CountdownData", "CountdownReward", "Generation", "GroupAdvantage",
     "HFEngine", "KLEntropyTracker", "LoraSettings", "Policy", "PolicyModule", "RLModule", "ReMax", "RewardFunction",
     "RolloutBatch", "RolloutCallback", "RolloutEngine", "RolloutRefresh", "Sampling", "Score", "VLLMEngine",
-    "CompletionLog", "FormatReward", "FunctionReward", "MathReward", "PromptData", "RewardModel", "RewardModelTraining", "Rewards", "render_prompt",
+    "CompletionLog", "FormatReward", "FunctionReward", "MathReward", "PromptData", "RemoteReward", "RewardModel", "RewardModelTraining", "Rewards", "render_prompt",
 ]
 __all__ += ["ERPD", "ERPDStageSwitch", "PPO", "Teacher"]

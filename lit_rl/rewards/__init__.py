@@ -5,8 +5,9 @@ from lit_rl.rewards.combine import Rewards
 from lit_rl.rewards.format import FormatReward
 from lit_rl.rewards.function import FunctionReward
 from lit_rl.rewards.math import MathReward
+from lit_rl.rewards.remote import RemoteReward
 
-__all__ = ["Columns", "FormatReward", "FunctionReward", "MathReward", "Prompt", "RewardFunction", "RewardModel", "Rewards", "Score", "reward_name", "score_batch"]
+__all__ = ["Columns", "FormatReward", "FunctionReward", "MathReward", "Prompt", "RemoteReward", "RewardFunction", "RewardModel", "Rewards", "Score", "reward_name", "score_batch"]
 
 
 def __getattr__(name: str):
