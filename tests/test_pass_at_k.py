@@ -1,14 +1,23 @@
 """pass@k and mean@k: golden numbers derived by hand, a differential test against ``math.comb``, and validation
 with ``val_samples`` samples per held-out prompt (overall and per ``data_source``)."""
 
+import json
 import math
 import random
+from collections import defaultdict
 
 import pytest
 import torch
+from lightning.pytorch import Trainer
 from torch.testing import assert_close
 
+from lit_rl import RLOO, CountdownData, PromptData, RewardFunction, Score
 from lit_rl.objectives import mean_at_k, pass_at_k
+from lit_rl.rollout import Sampling
+
+from conftest import VAL
+
+SAMPLED = Sampling(temperature=1.0, max_new_tokens=8)
 
 
 @pytest.mark.parametrize("n, c, k, expected", [
@@ -62,3 +71,107 @@ def test_pass_at_k_errors():
         pass_at_k(torch.tensor([2]), torch.tensor([3]), 1)
     with pytest.raises(ValueError, match="one shape"):
         pass_at_k(torch.tensor([2, 2]), torch.tensor([1]), 1)
+
+
+class SevenRecorder(RewardFunction):
+    """Correct when the completion holds a ``7`` (some samples of a prompt do, some do not, even untrained);
+    records every ``(prompt, source, correct)`` it judged, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None, bool]] = []
+
+    def score(self, prompts, completions, columns):
+        sources = columns.get("data_source", [None] * len(completions))
+        out = []
+        for prompt, completion, source in zip(prompts, completions, sources, strict=True):
+            correct = "7" in completion
+            self.calls.append((json.dumps(prompt), source, correct))
+            out.append(Score(float(correct), correct=correct))
+        return out
+
+
+def validate(module, datamodule) -> dict[str, float]:
+    """One validation pass on CPU, quietly; the logged metrics."""
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      enable_checkpointing=False)
+    trainer.validate(module, datamodule=datamodule)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def counts(calls, k: int) -> dict[str | None, tuple[torch.Tensor, torch.Tensor]]:
+    """Per source (``None``: all prompts): the per-prompt ``n`` and ``c`` recomputed from the reward's calls."""
+    per_prompt: dict[str, list] = defaultdict(list)
+    source_of = {}
+    for prompt, source, correct in calls:
+        per_prompt[prompt].append(correct)
+        source_of[prompt] = source
+    assert all(len(v) == k for v in per_prompt.values())               # k samples of every prompt, judged once
+    out = {}
+    for source in {None, *source_of.values()}:
+        cs = [sum(v) for p, v in per_prompt.items() if source is None or source_of[p] == source]
+        out[source] = (torch.full((len(cs),), float(k)), torch.tensor(cs, dtype=torch.float32))
+    return out
+
+
+def test_validation_logs_pass_at_k_and_mean_at_k_of_what_the_reward_judged(tiny_model_dir):
+    """``val_samples=4`` at temperature 1: ``val/pass@4`` is the estimator on the per-prompt correct counts the
+    reward saw (with n = k: the share of prompts with a correct sample), ``val/mean@4`` their mean correctness,
+    and ``val/accuracy`` (over all samples) equals ``val/mean@4``."""
+    torch.manual_seed(0)
+    reward = SevenRecorder()
+    module = RLOO(model=tiny_model_dir, reward=reward, group_size=2, val_sampling=SAMPLED, val_samples=4)
+    dm = CountdownData(batch_size=4, val_batch_size=4, train_size=16, val_size=8)
+    metrics = validate(module, dm)
+    n, c = counts(reward.calls, 4)[None]
+    assert len(n) == 8
+    assert 0 < c.sum() < 32 and (c < 4).any() and (c > 0).any(), c    # a mix, so pass@4 and mean@4 differ
+    assert metrics["val/pass@4"] == pytest.approx(pass_at_k(n, c, 4).mean().item(), abs=1e-6)
+    assert metrics["val/pass@4"] == pytest.approx((c > 0).float().mean().item(), abs=1e-6)   # n == k
+    assert metrics["val/mean@4"] == pytest.approx((c / 4).mean().item(), abs=1e-6)
+    assert metrics["val/accuracy"] == pytest.approx(metrics["val/mean@4"], abs=1e-6)
+    assert metrics["val/pass@4"] > metrics["val/mean@4"]
+    assert {key for key in metrics if "@" in key} == {"val/pass@4", "val/mean@4"}   # no data_source column
+
+
+def test_pass_at_k_per_data_source(tiny_model_dir, tmp_path):
+    """Rows with a ``data_source`` column: ``val/pass@4/<source>`` and ``val/mean@4/<source>`` for each source, from
+    that source's prompts only; the overall keys cover both."""
+    numbers = [(1, 2), (3, 4), (5, 6), (2, 9), (8, 1), (4, 4)]
+    rows = [{"prompt": f"Using the numbers [{a}, {b}], create an equation that equals {a + b}.",
+             "data_source": "alpha" if i % 2 else "beta"} for i, (a, b) in enumerate(numbers)]
+    for name, part in (("train.jsonl", rows[:2]), ("val.jsonl", rows)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in part))
+    torch.manual_seed(0)
+    reward = SevenRecorder()
+    module = RLOO(model=tiny_model_dir, reward=reward, group_size=2, val_sampling=SAMPLED, val_samples=4)
+    dm = PromptData(str(tmp_path / "train.jsonl"), val_path=str(tmp_path / "val.jsonl"), val_batch_size=4)
+    metrics = validate(module, dm)
+    per_source = counts(reward.calls, 4)
+    assert set(per_source) == {None, "alpha", "beta"}
+    for source, (n, c) in per_source.items():
+        suffix = "" if source is None else f"/{source}"
+        assert metrics[f"val/pass@4{suffix}"] == pytest.approx(pass_at_k(n, c, 4).mean().item(), abs=1e-6), source
+        assert metrics[f"val/mean@4{suffix}"] == pytest.approx(mean_at_k(n, c).mean().item(), abs=1e-6), source
+    assert len(per_source["alpha"][0]) == len(per_source["beta"][0]) == 3
+
+
+def test_no_pass_at_k_without_a_notion_of_correctness_nor_with_one_sample(tiny_model_dir):
+    """A reward of plain floats logs no pass@k; ``val_samples=1`` (the default) logs none either."""
+    class Length(RewardFunction):
+        def __call__(self, completion, meta):
+            return float(len(completion))
+
+    dm = CountdownData(batch_size=4, val_batch_size=4, train_size=16, val_size=4)
+    torch.manual_seed(0)
+    metrics = validate(RLOO(model=tiny_model_dir, reward=Length(), group_size=2, val_sampling=SAMPLED,
+                            val_samples=4), dm)
+    assert "val/reward_mean" in metrics and not any("@" in key for key in metrics)
+    metrics = validate(RLOO(model=tiny_model_dir, reward=SevenRecorder(), group_size=2, val_sampling=VAL), dm)
+    assert "val/accuracy" in metrics and not any("@" in key for key in metrics)
+
+
+def test_val_samples_settings_are_checked(tiny_model_dir):
+    with pytest.raises(ValueError, match="val_samples must be >= 1"):
+        RLOO(model=tiny_model_dir, reward=SevenRecorder(), val_samples=0)
+    with pytest.raises(ValueError, match="val_sampling.temperature is 0"):
+        RLOO(model=tiny_model_dir, reward=SevenRecorder(), val_sampling=VAL, val_samples=4)
