@@ -3,8 +3,12 @@ with ``val_samples`` samples per held-out prompt (overall and per ``data_source`
 
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,3 +179,25 @@ def test_val_samples_settings_are_checked(tiny_model_dir):
         RLOO(model=tiny_model_dir, reward=SevenRecorder(), val_samples=0)
     with pytest.raises(ValueError, match="val_sampling.temperature is 0"):
         RLOO(model=tiny_model_dir, reward=SevenRecorder(), val_sampling=VAL, val_samples=4)
+
+
+def test_pass_at_k_under_ddp_sums_every_ranks_prompts_and_sources(tiny_model_dir, tmp_path):
+    """2 processes (gloo): rank 0 holds rows 0 and 2 (source ``beta``) and rank 1 rows 1 and 3 (``alpha``), so
+    each rank sees one source only; every rank logs the global values, derived by hand with ``c = [0, 1, 4, 2]``
+    correct of k = 4 samples (the reward marks a prompt's first ``c`` samples correct):
+    pass@4 = (0 + 1 + 1 + 1) / 4 = 0.75, mean@4 = (0 + 1/4 + 1 + 1/2) / 4 = 0.4375;
+    beta (c = 0, 4): pass 0.5, mean 0.5; alpha (c = 1, 2): pass 1, mean (1/4 + 1/2) / 2 = 0.375."""
+    rows = [{"prompt": f"Using the numbers [{i}, 2], create an equation that equals {i + 2}.", "c": c,
+             "data_source": "alpha" if i % 2 else "beta"} for i, c in enumerate([0, 1, 4, 2])]
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = Path(__file__).with_name("pass_at_k_ddp_run.py")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(script.parents[1])}
+    result = subprocess.run([sys.executable, str(script), tiny_model_dir, str(tmp_path), "2"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    expected = {"val/pass@4": 0.75, "val/mean@4": 0.4375, "val/pass@4/beta": 0.5, "val/mean@4/beta": 0.5,
+                "val/pass@4/alpha": 1.0, "val/mean@4/alpha": 0.375}
+    for rank in (0, 1):
+        metrics = json.loads((tmp_path / f"metrics_{rank}.json").read_text())
+        assert {k: v for k, v in metrics.items() if "@" in k} == pytest.approx(expected, abs=1e-6), rank
+        assert metrics["val/accuracy"] == pytest.approx(0.4375, abs=1e-6)   # over all 16 samples: 7 correct
