@@ -26,7 +26,7 @@ from lit_rl.distributed import (check_clipping, deepspeed_grad_norm, fully_shard
 from lit_rl.errors import ResumeMismatch
 from lit_rl.export import adapter_weights, export_pretrained, is_sharded, merged_state_dict
 from lit_rl.objectives import Aggregation, KLEstimator, aggregate, kl_penalty, policy_gradient_loss, zero_std_groups
-from lit_rl.objectives import logp_diff, truncated_importance_weights
+from lit_rl.objectives import logp_diff, mean_at_k, pass_at_k, truncated_importance_weights
 from lit_rl.offline import StoredGroups
 from lit_rl.policy import LoraSettings, Policy, PolicyOutput
 from lit_rl.resume import MODULE_KEY, module_mismatch
@@ -100,6 +100,7 @@ class PolicyModule(LightningModule):
         model_kwargs: dict[str, Any] | None = None,
         engine: RolloutEngine | None = None,
         val_sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=32),
+        val_samples: int = 1,
         chat_template: ChatTemplate = "auto",
         system_prompt: str | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
@@ -118,6 +119,13 @@ class PolicyModule(LightningModule):
                 ``revision``, ``trust_remote_code``; see :func:`lit_rl.policy.check_model_kwargs`).
             engine: the rollout engine; defaults to ``HFEngine`` (``transformers`` ``generate``).
             val_sampling: decoding used for validation on the held-out split (greedy by default).
+            val_samples: completions sampled per held-out prompt (``k``). Above 1, validation also logs
+                ``val/pass@k`` (Chen et al. 2021's unbiased estimate that one of ``k`` samples is correct, averaged
+                over prompts) and ``val/mean@k`` (the mean correctness of the samples), and both per
+                ``data_source`` column value as ``val/pass@k/<source>``; only for rewards that judge correctness.
+                ``val/accuracy`` and ``val/reward_mean`` are then over all ``k`` samples of every prompt. Needs
+                ``val_sampling.temperature > 0``: ``k`` greedy completions are one completion ``k`` times, so a
+                greedy ``val_samples > 1`` is refused rather than run at ``k`` times the cost.
             chat_template: ``auto`` renders prompts with the tokenizer's chat template when the prompt is a list
                 of messages or the tokenizer has a template; ``true`` always (an error without one); ``false``
                 never (plain-text prompts as they are).
@@ -134,7 +142,14 @@ class PolicyModule(LightningModule):
         self.optimizer_fn, self.lr_scheduler_fn = optimizer, lr_scheduler
         self.engine = engine if engine is not None else HFEngine()
         self.engine.bind(self.policy.model, self.policy.tokenizer)
-        self.val_sampling = val_sampling
+        if val_samples < 1:
+            raise ValueError(f"val_samples must be >= 1 (got {val_samples})")
+        if val_samples > 1 and val_sampling.temperature == 0:
+            raise ValueError(f"val_samples={val_samples} needs sampled validation, but val_sampling.temperature is 0 "
+                             f"(greedy): the {val_samples} completions of a prompt would all be the same one; set "
+                             f"val_sampling.temperature > 0 (e.g. 1.0) or val_samples: 1")
+        self.val_sampling, self.val_samples = val_sampling, val_samples
+        self.val_at_k: dict[str, list[float]] = {}                      # "" or "/<source>": [pass, mean, prompts]
         self.chat = {"chat_template": chat_template, "system_prompt": system_prompt,
                      "chat_template_kwargs": chat_template_kwargs}
         self.val_accuracy, self.val_reward = MeanMetric(), MeanMetric()
@@ -310,10 +325,13 @@ class PolicyModule(LightningModule):
         with torch.inference_mode(False):
             self.val_accuracy.reset()
             self.val_reward.reset()
+        self.val_at_k = {}
 
     def validation_step(self, batch: dict[str, list], batch_idx: int) -> None:
         rollout = self.sample(*self.encode(batch["prompt"], self.val_sampling), batch["prompt"], batch["meta"],
-                              self.val_sampling)
+                              self.val_sampling, self.val_samples)
+        if self.val_samples > 1:
+            self.count_at_k(rollout.correct, batch["meta"])
         judged = ~rollout.correct.isnan()
         if judged.any():                                                # a reward with a notion of correctness
             self.val_accuracy.update(rollout.correct[judged])
@@ -323,6 +341,42 @@ class PolicyModule(LightningModule):
         for key, value in gold_metrics(rollout).items():
             self.log(f"val/gold_{key}", value, batch_size=len(rollout) if key == "reward_mean"
                      else int((~rollout.gold_correct.isnan()).sum()))
+
+    def count_at_k(self, correct: Tensor, metas: list[dict]) -> None:
+        """Add a validation batch's per-prompt pass@k and mean@k (``k = val_samples``) to the epoch's sums, overall
+        and under the prompt's ``data_source`` column. Only prompts whose ``k`` samples the reward all judged count:
+        a reward without a notion of correctness adds nothing."""
+        k = self.val_samples
+        correct = correct.view(-1, k)                                   # [P, k], prompt-major as sampled
+        judged = ~correct.isnan().any(-1)                               # [P]
+        c = correct.nan_to_num(0.0).sum(-1)                             # [P]
+        n = torch.full_like(c, k)                                       # [P]: n = k samples per prompt
+        rows = torch.stack([pass_at_k(n, c, k), mean_at_k(n, c)], -1)   # [P, 2]
+        for p, (passed, mean) in zip(judged.nonzero().flatten().tolist(), rows[judged].tolist()):
+            source = metas[p].get("data_source")
+            for key in ("",) if source is None else ("", f"/{source}"):
+                sums = self.val_at_k.setdefault(key, [0.0, 0.0, 0.0])
+                sums[0], sums[1], sums[2] = sums[0] + passed, sums[1] + mean, sums[2] + 1
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``val/pass@k`` and ``val/mean@k`` (and per source) over every rank's prompts: the sums are reduced
+        across ranks for the union of the ranks' keys (a rank may not have seen a source; it adds zeros), so
+        every rank logs the same values and no rank waits on a collective the others skip."""
+        super().on_validation_epoch_end()
+        keys = sorted(self.val_at_k)
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            ranks: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(ranks, keys)
+            keys = sorted(set().union(*ranks))
+        if not keys:
+            return
+        sums = torch.tensor([self.val_at_k.get(key, [0.0, 0.0, 0.0]) for key in keys], device=self.device)  # [K, 3]
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")      # [K, 3]: pass sum, mean sum, prompts
+        k = self.val_samples
+        for key, (passed, mean, prompts) in zip(keys, sums.tolist()):
+            # already global: sync_dist's mean over ranks of equal values changes nothing (Lightning asks for it)
+            self.log(f"val/pass@{k}{key}", passed / prompts, sync_dist=True)
+            self.log(f"val/mean@{k}{key}", mean / prompts, sync_dist=True)
 
 
 class RLModule(PolicyModule):

@@ -27,6 +27,7 @@ from lit_rl.objectives.ppo import (
     ppo_loss,
     ppo_returns,
 )
+from lit_rl.objectives.evaluation import mean_at_k, pass_at_k
 from lit_rl.objectives.teacher import ce_loss, implicit_reward, mse_loss, sapo_loss
 from lit_rl.objectives.importance import logp_diff, truncated_importance_weights
 from lit_rl.objectives.kl import KLEstimator, kl_penalty
@@ -56,3 +57,4 @@ __all__ += [  # ERPD and PPO
     "ppo_returns",
 ]
 __all__ += ["PairMode", "bradley_terry_loss", "pairwise_accuracy", "preference_pairs"]  # reward models
+__all__ += ["mean_at_k", "pass_at_k"]  # evaluation
