@@ -19,19 +19,21 @@ RECORD = "lit_rl"                                                              #
 MODULE_KEY = "lit_rl_module"
 # Settings added to a module after checkpoints were written: one written before ran with this value.
 ADDED_SETTINGS = {"model.init_args.num_iterations": 1, "model.init_args.mini_batches": 1,
-                  "model.init_args.shared_prompt_forward": False, "model.init_args.val_samples": 1}
+                  "model.init_args.shared_prompt_forward": False, "model.init_args.val_samples": 1,
+                  "model.init_args.model_kwargs": None}
 # Settings that change what is logged, not the run: a resume may switch them.
 LOGGING_SETTINGS = frozenset({"model.init_args.log_kl"})
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and scalars are leaves."""
-    if not isinstance(config, dict) or not config:
-        return {prefix: config} if prefix else {}
+    """``{"a": {"b": 1}, "c": [{"d": 2}]}`` -> ``{"a.b": 1, "c.0.d": 2}``: lists by index too, so a setting added
+    to a class inside a list (a component of ``Rewards``) is a leaf of its own, taken at its default like any
+    other; scalars and empty containers are leaves."""
+    items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
     out: dict[str, Any] = {}
-    for key, value in config.items():
+    for key, value in items:
         out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
+    return out if out or not prefix else {prefix: config}
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...]) -> list[tuple[str, Any, Any]]:

@@ -183,3 +183,20 @@ def test_a_logging_setting_may_change_on_a_resume_and_the_run_may_not():
     assert plan_resume("x.ckpt", checkpoint, config(log_kl=False)).global_step == 3
     with pytest.raises(ResumeMismatch, match="model.init_args.kl_coef: 0.0 in the checkpoint, 0.1 now"):
         plan_resume("x.ckpt", checkpoint, config(log_kl=False, kl_coef=0.1))
+
+
+def test_settings_added_inside_a_list_of_rewards_resume_at_their_defaults():
+    """A checkpoint written before FunctionReward had ``conversational``, ``timeout`` and ``warn_after`` (all unset
+    by default) resumes a run whose ``Rewards`` lists one: lists are compared entry by entry, so a new unset
+    setting inside one is no difference, while a changed weight is named by its index."""
+    from lit_rl.resume import differences
+
+    def config(weight, **added):
+        function = {"class_path": "lit_rl.FunctionReward", "init_args": {"function": "m:f", **added}}
+        return {"model": {"class_path": "lit_rl.GRPO", "init_args": {"reward": {
+            "class_path": "lit_rl.Rewards", "init_args": {"rewards": [function], "weights": [weight]}}}}}
+
+    new = {"conversational": None, "timeout": None, "warn_after": None}
+    assert differences(config(1.0), config(1.0, **new), ("model",)) == []
+    assert differences(config(1.0), config(2.0, **new), ("model",)) == [
+        ("model.init_args.reward.init_args.weights.0", 1.0, 2.0)]

@@ -13,6 +13,7 @@ from typing import Any
 from lit_rl.rewards.base import Columns, Prompt, RewardFunction
 
 log = logging.getLogger(__name__)
+SLOW = 60.0                                                         # seconds: a call past it is reported
 
 
 def load_function(path: str) -> Callable[..., Any]:
@@ -55,7 +56,8 @@ class FunctionReward(RewardFunction):
     """
 
     def __init__(self, function: str, name: str | None = None, kwargs: dict[str, Any] | None = None,
-                 conversational: bool | None = None, timeout: float | None = None, warn_after: float = 60.0) -> None:
+                 conversational: bool | None = None, timeout: float | None = None,
+                 warn_after: float | None = None) -> None:
         """
         Args:
             function: dotted path, e.g. ``mypkg.rewards:accuracy``.
@@ -67,16 +69,17 @@ class FunctionReward(RewardFunction):
             timeout: seconds one call (a whole batch) may take before the run stops with an error naming the
                 function (default: no limit). A plain function runs in a thread of its own then, which Python
                 cannot stop: it may go on in the background.
-            warn_after: seconds after which a call that finished is reported as slow (once per call).
+            warn_after: seconds after which a call that finished is reported as slow (default: 60).
         """
         if timeout is not None and not timeout > 0:
             raise ValueError(f"FunctionReward {function}: timeout must be positive seconds or unset, got {timeout}")
-        if not warn_after > 0:
+        if warn_after is not None and not warn_after > 0:
             raise ValueError(f"FunctionReward {function}: warn_after must be positive seconds, got {warn_after}")
         self.function, self.fn = function, load_function(function)
         self.name = name or function_name(self.fn)
         self.kwargs = dict(kwargs or {})
-        self.conversational, self.timeout, self.warn_after = conversational, timeout, warn_after
+        self.conversational, self.timeout = conversational, timeout
+        self.warn_after = SLOW if warn_after is None else warn_after
 
     def score(self, prompts: list[Prompt], completions: list[str], columns: Columns, *,
               completion_ids: list[list[int]] | None = None) -> Any:
