@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lit_rl.rewards import Prompt
+from lit_rl.rewards.base import each_reward
 from lit_rl.rows import check_prompt, has_splits, read_rows
 
 
@@ -128,9 +129,7 @@ class PromptData(LightningDataModule):
         """Let the module's rewards refuse rows they cannot score (``check_rows``: an unparsable gold answer),
         named by file:line before the first step, rather than as a batch's sample mid-run (again on resume)."""
         rows = [(row["where"], row["meta"]) for row in self.train_rows + self.val_rows]
-        for reward in (getattr(module, "reward_fn", None), getattr(module, "gold_reward_fn", None)):
-            if callable(check := getattr(reward, "check_rows", None)):
-                check(rows)
+        each_reward((getattr(module, "reward_fn", None), getattr(module, "gold_reward_fn", None)), "check_rows", rows)
 
     def drop_long(self, fits: Callable[[Prompt], bool]) -> None:
         """Keep the prompts for which ``fits`` holds (``lit-rl generate`` calls this with its model's check)."""

@@ -165,18 +165,15 @@ def test_csv_cells_are_typed_and_counted(tmp_path):
         {"n": None, "x": 2.0, "ok": False, "when": "2024-01-02", "list": {"k": 1}, "text": "plain"}]
     assert data.train_rows[1]["prompt"] == "two\nlines"
     assert [where for where, _ in read_rows(str(tmp_path / "p.csv"))] == [f"{tmp_path}/p.csv:2", f"{tmp_path}/p.csv:4"]
-    (tmp_path / "ragged.csv").write_text('prompt,answer\n"a\nb",1\nc\nd,4\n')
-    with pytest.raises(ValueError, match=r"ragged.csv:4: 1 cells where the header has 2 columns \['prompt', 'an"):
-        PromptData(str(tmp_path / "ragged.csv")).setup("fit")
-    (tmp_path / "long.csv").write_text('prompt,answer\na,1,extra\n')
-    with pytest.raises(ValueError, match=r"long.csv:2: 3 cells where the header has 2 columns"):
-        PromptData(str(tmp_path / "long.csv")).setup("fit")
-    (tmp_path / "twice.csv").write_text('prompt,a,a\nx,1,2\n')
-    with pytest.raises(ValueError, match=r"twice.csv:1: the CSV header names the columns \['a'\] more than once"):
-        PromptData(str(tmp_path / "twice.csv")).setup("fit")
-    (tmp_path / "open.csv").write_text('prompt,a\nx,"1\n')
-    with pytest.raises(ValueError, match=r"open.csv:2: not valid CSV \(unexpected end of data\)"):
-        PromptData(str(tmp_path / "open.csv")).setup("fit")
+    for name, text, message in [
+        ("ragged", 'prompt,answer\n"a\nb",1\nc\nd,4\n', r":4: 1 cells where the header has 2 columns \['prompt', 'an"),
+        ("long", 'prompt,answer\na,1,extra\n', r":2: 3 cells where the header has 2 columns"),
+        ("twice", 'prompt,a,a\nx,1,2\n', r":1: the CSV header names the columns \['a'\] more than once"),
+        ("open", 'prompt,a\nx,"1\n', r":2: not valid CSV \(unexpected end of data\)"),
+    ]:
+        (tmp_path / f"{name}.csv").write_text(text)
+        with pytest.raises(ValueError, match=rf"{name}.csv{message}"):
+            PromptData(str(tmp_path / f"{name}.csv")).setup("fit")
 
 
 def test_val_fraction_splits_by_distinct_prompt_and_duplicates_warn(tmp_path):

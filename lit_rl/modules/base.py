@@ -31,6 +31,7 @@ from lit_rl.offline import StoredGroups
 from lit_rl.policy import LoraSettings, Policy, PolicyOutput
 from lit_rl.resume import MODULE_KEY, module_mismatch
 from lit_rl.rewards import Prompt, RewardFunction, score_batch
+from lit_rl.rewards.base import each_reward
 from lit_rl.rollout import HFEngine, RolloutBatch, RolloutEngine, Sampling, accuracy
 from lit_rl.timing import PhaseTimer
 
@@ -185,9 +186,7 @@ class PolicyModule(LightningModule):
         ``groups`` is each sample's row (rewards that normalise per group, :class:`lit_rl.Rewards`, use it) and
         ``completion_ids`` its generated token ids (TRL-style reward functions may read them)."""
         dtype = next(self.policy.parameters()).dtype
-        for reward in (self.reward_fn, self.gold_reward_fn):
-            if callable(bind := getattr(reward, "bind", None)):
-                bind(device, dtype, self.training)
+        each_reward((self.reward_fn, self.gold_reward_fn), "bind", device, dtype, self.training)
         scores = score_batch(self.reward_fn, prompts, texts, metas, groups, completion_ids)
         gold = {}
         if self.gold_reward_fn is not None:
@@ -449,9 +448,7 @@ class RLModule(PolicyModule):
         strategy = self.trainer.strategy
         check_clipping(strategy, self.max_grad_norm)
         longest = max(s.max_new_tokens for s in (self.sampling, self.val_sampling) if s is not None)
-        for reward in (self.reward_fn, self.gold_reward_fn):
-            if callable(check := getattr(reward, "check_sampling", None)):
-                check(longest, self.policy.tokenizer)
+        each_reward((self.reward_fn, self.gold_reward_fn), "check_sampling", longest, self.policy.tokenizer)
         if self.policy.has_reference and not self.policy.is_lora and shards_parameters(strategy):
             size = sum(p.numel() * p.element_size() for p in self.policy.model.parameters()) / 2**30
             rank_zero_warn(f"the frozen reference is a full, unsharded copy of the policy on every device "

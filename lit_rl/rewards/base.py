@@ -75,6 +75,14 @@ class RewardFunction:
         """Restore what :meth:`state_dict` returned."""
 
 
+def each_reward(rewards: Any, hook: str, *args: Any) -> None:
+    """``reward.<hook>(*args)`` for each of ``rewards`` that has the hook (``None`` has none): the optional hooks
+    ``bind``, ``check_rows`` and ``check_sampling``, called alike by the module, the data and :class:`Rewards`."""
+    for reward in rewards:
+        if callable(method := getattr(reward, hook, None)):
+            method(*args)
+
+
 def reward_name(reward: Any) -> str:
     """``reward.name`` if set, else the class name in snake case without ``Reward`` (``MathReward`` -> ``math``)."""
     if getattr(reward, "name", None):

@@ -6,8 +6,8 @@ import math
 from collections.abc import Hashable
 from typing import Any, Literal
 
-from lit_rl.rewards.base import (Columns, Prompt, RewardFunction, Score, call_score, checked_scores, reward_name,
-                                 run_awaitables)
+from lit_rl.rewards.base import (Columns, Prompt, RewardFunction, Score, call_score, checked_scores, each_reward,
+                                 reward_name, run_awaitables)
 
 Mode = Literal["sum", "normalize_then_sum"]
 
@@ -72,19 +72,13 @@ class Rewards(RewardFunction):
             self.names.append(name)
 
     def check_rows(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
-        for reward in self.rewards:
-            if callable(check := getattr(reward, "check_rows", None)):
-                check(rows)
+        each_reward(self.rewards, "check_rows", rows)
 
     def check_sampling(self, max_new_tokens: int, tokenizer: Any) -> None:
-        for reward in self.rewards:
-            if callable(check := getattr(reward, "check_sampling", None)):
-                check(max_new_tokens, tokenizer)
+        each_reward(self.rewards, "check_sampling", max_new_tokens, tokenizer)
 
     def bind(self, device: Any, dtype: Any = None, training: bool = True) -> None:
-        for reward in self.rewards:
-            if callable(bind := getattr(reward, "bind", None)):
-                bind(device, dtype, training)
+        each_reward(self.rewards, "bind", device, dtype, training)
 
     def state_dict(self) -> dict[str, Any]:
         """Each component's state by its name (components without state are left out)."""
