@@ -11,7 +11,7 @@ from lit_rl.rewards.base import Columns, Prompt, RewardFunction, Score
 # <think>...</think> <answer>...</answer>, in time linear in the completion: the atomic group takes the first
 # "</think> <answer>" and never retries a later one (the first leaves the answer the most room, so no match is
 # lost), where the plain "^<think>.*?</think>\s*<answer>.*?</answer>$" rescans the rest after every one of them
-# (12 s on 256 kB of "<think></think><answer>" repeated).
+# (9.4 s against 0.3 ms on 256 kB of "<think></think><answer>" repeated: benchmarks/format_reward.py).
 R1_FORMAT = r"^<think>(?>.*?</think>\s*<answer>).*</answer>$"
 
 
