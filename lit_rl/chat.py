@@ -28,8 +28,7 @@ def render_prompt(tokenizer: Any, prompt: Prompt, chat_template: ChatTemplate = 
     elif not isinstance(prompt, str):
         raise TypeError(f"a prompt must be text or a list of chat messages, got {type(prompt).__name__}")
     has_template = bool(getattr(tokenizer, "chat_template", None))
-    use = chat_template is True or (chat_template == "auto" and (isinstance(prompt, list) or has_template))
-    if not use:
+    if not uses_template(tokenizer, prompt, chat_template):
         if isinstance(prompt, list):
             raise ValueError("the prompt is a list of chat messages but chat_template is false: set it to auto or "
                              "true, or give plain-text prompts")
@@ -46,3 +45,33 @@ def render_prompt(tokenizer: Any, prompt: Prompt, chat_template: ChatTemplate = 
     continues = messages[-1]["role"] == "assistant"
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not continues,
                                          continue_final_message=continues, **(chat_template_kwargs or {}))
+
+
+def uses_template(tokenizer: Any, prompt: Prompt, chat_template: ChatTemplate = "auto") -> bool:
+    """Whether :func:`render_prompt` renders ``prompt`` with the tokenizer's chat template."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    return chat_template is True or (chat_template == "auto" and (isinstance(prompt, list) or has_template))
+
+
+PLACEHOLDER = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+
+
+def observation_ids(tokenizer: Any, messages: list[dict[str, Any]], eos_ids: list[int],
+                    chat_template_kwargs: dict[str, Any] | None = None) -> list[int]:
+    """The token ids a chat template adds after a finished assistant turn for ``messages`` (a user turn, tool
+    results), up to and including the next assistant turn's header: the template renders a placeholder
+    conversation with and without them, and the ids after the placeholder's assistant turn (up to its last EOS
+    token, where the model's own turn ends) are the observation's. The model's own tokens are never rendered
+    again (TRL's and veRL's agent loops do the same)."""
+    kwargs = chat_template_kwargs or {}
+    prefix = tokenizer.apply_chat_template(PLACEHOLDER, tokenize=False, **kwargs)
+    full = tokenizer.apply_chat_template(PLACEHOLDER + messages, tokenize=False, add_generation_prompt=True, **kwargs)
+    prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    ends = [i + 1 for i, t in enumerate(prefix_ids) if t in eos_ids]
+    cut = ends[-1] if ends else len(prefix_ids)                         # a template with no end-of-turn token
+    if full_ids[:cut] != prefix_ids[:cut]:
+        raise ValueError("the chat template renders an observation by changing the conversation before it (the "
+                         "placeholder turns render differently with it than without), so it cannot be appended as "
+                         "tokens after the model's turn")
+    return full_ids[cut:]

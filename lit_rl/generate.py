@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 from lightning.pytorch import LightningDataModule
 
-from lit_rl.chat import ChatTemplate, render_prompt
+from lit_rl.chat import ChatTemplate
 from lit_rl.checkpointing import atomic_write
+from lit_rl.collect import Sampler, SingleTurn
 from lit_rl.policy import Policy
 from lit_rl.resume import describe, describe_differences, differences
-from lit_rl.rewards import RewardFunction, score_batch
+from lit_rl.rewards import RewardFunction
 from lit_rl.rollout import HFEngine, RolloutEngine, Sampling
 
 
@@ -102,15 +103,11 @@ def generate(
         raise TypeError(f"{type(data).__name__} has no train_rows: generate needs prompts with their metadata")
     policy = Policy.load(model, dtype).eval()
     chat = {"chat_template": chat_template, "system_prompt": system_prompt, "chat_template_kwargs": chat_template_kwargs}
-
-    def render(prompt) -> str:
-        return render_prompt(policy.tokenizer, prompt, **chat)
-
-    if getattr(data, "filter_long", False):
-        budget = policy.prompt_budget(sampling.max_new_tokens)
-        data.drop_long(lambda p: budget is None or len(policy.tokenize(render(p))) <= budget)
-    prompts = data.train_rows[:num_prompts]
     engine = engine if engine is not None else HFEngine()
+    sampler = Sampler(policy, engine, reward, chat=chat)
+    if getattr(data, "filter_long", False):
+        data.drop_long(lambda p: sampler.prompt_fits(p, sampling.max_new_tokens))
+    prompts = data.train_rows[:num_prompts]
     # In every row, as JSON stores it (a tuple of stop strings reads back as a list).
     settings = json.loads(json.dumps({"model": model, "seed": seed, "sampling": asdict(sampling)}))
     # Everything that changes the rows (num_prompts only says how many there are: a rerun may extend them).
@@ -129,8 +126,8 @@ def generate(
         for b in range(first, len(starts)):
             torch.manual_seed(seed * 1_000_003 + b)
             rows = prompts[starts[b]:starts[b] + batch_size]
-            f.write("".join(json.dumps(r) + "\n" for r in _batch_rows(policy, render, engine, reward, sampling,
-                                                                      group_size, rows, starts[b], settings)))
+            f.write("".join(json.dumps(r) + "\n" for r in _batch_rows(sampler, sampling, group_size, rows, starts[b],
+                                                                      settings)))
             f.flush()
             print(f"generate: prompts {starts[b] + len(rows)}/{len(prompts)}", flush=True)
     import pyarrow as pa
@@ -147,26 +144,26 @@ def generate(
 
 
 @torch.no_grad()
-def _batch_rows(policy: Policy, render, engine: RolloutEngine, reward: RewardFunction, sampling: Sampling,
-                group_size: int, rows: list[dict], first_index: int, settings: dict) -> list[dict]:
-    prompt_ids, prompt_mask = policy.encode_prompts([render(r["prompt"]) for r in rows], sampling.max_new_tokens)
-    generation = engine.generate(prompt_ids, prompt_mask, sampling, group_size)
-    ids, mask = generation.completion_ids, generation.completion_mask
-    logps = generation.logps
+def _batch_rows(sampler: Sampler, sampling: Sampling, group_size: int, rows: list[dict], first_index: int,
+                settings: dict) -> list[dict]:
+    """One batch of prompts' rows: the single-turn collector's samples, with the behaviour log-probs the engine
+    returned or, when it returns none, the policy's at the sampling temperature. A reward is stored as training
+    reads it, in float32, written as the shortest decimal that gives that float32 back (0.1, not 0.100000001)."""
+    rollout = SingleTurn().collect(sampler, [r["prompt"] for r in rows], [r["meta"] for r in rows], sampling, group_size)
+    logps = rollout.behaviour_logps
     if logps is None:
-        logps = policy.logps(prompt_ids.repeat_interleave(group_size, 0), prompt_mask.repeat_interleave(group_size, 0),
-                             ids, mask, sampling.logit_temperature)[0]
-    texts = policy.decode(ids, mask, sampling.stop)
-    metas = [r["meta"] for r in rows for _ in range(group_size)]
-    scores = score_batch(reward, [r["prompt"] for r in rows for _ in range(group_size)], texts, metas)
+        logps = sampler.policy.logps(rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
+                                     rollout.completion_mask, sampling.logit_temperature)[0]
     out = []
-    for k, (text, score) in enumerate(zip(texts, scores)):
-        p, length = k // group_size, int(mask[k].sum())
+    for k, text in enumerate(rollout.texts):
+        p, length = k // group_size, int(rollout.completion_mask[k].sum())
         token_logps = logps[k, :length].tolist()
+        correct = None if (c := float(rollout.correct[k])) != c else bool(c)             # NaN: not judged
         out.append({"prompt_index": first_index + p, "sample_index": k % group_size, "prompt": rows[p]["prompt"],
                     "meta": rows[p]["meta"], "completion": text,
-                    "prompt_ids": prompt_ids[p][prompt_mask[p].bool()].tolist(),
-                    "completion_ids": ids[k, :length].tolist(), "reward": score.reward, "correct": score.correct,
+                    "prompt_ids": rollout.prompt_ids[k][rollout.prompt_mask[k].bool()].tolist(),
+                    "completion_ids": rollout.completion_ids[k, :length].tolist(),
+                    "reward": float(str(rollout.scores[k].cpu().numpy())), "correct": correct,
                     "behaviour_logps": token_logps, "behaviour_logp": sum(token_logps), **settings})
     return out
 

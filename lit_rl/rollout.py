@@ -2,7 +2,7 @@
 and :class:`RolloutBatch`, the scored samples one training step learns from."""
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -115,41 +115,63 @@ class HFEngine(RolloutEngine):
         return Generation(completion_ids * mask + self.tokenizer.pad_token_id * (1 - mask), mask, logps)
 
 
-TOKEN_FIELDS = frozenset({"completion_ids", "completion_mask", "old_logps", "ref_logps", "behaviour_logps",
-                          "advantages", "is_weights", "values", "returns"})
+def per_token(**kwargs: Any) -> Any:
+    """A :class:`RolloutBatch` field with one value per completion token (``[B, C]``): cut and padded along
+    the completion by ``select`` and ``cat``."""
+    return field(metadata={"per_token": True}, **kwargs)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RolloutBatch:
-    """Scored samples, prompt-major (``group_size`` consecutive rows share a prompt).
+    """Scored samples, prompt-major (``group_size`` consecutive rows share a prompt), immutable: a collector
+    (``lit_rl.collect``) makes it, the module derives the training batch from it once (``dataclasses.replace``).
+
+    Two masks over the completion: ``completion_mask`` is what the model attends to (every real token after the
+    prompt, the environment's included in a multi-turn episode), ``loss_mask`` what is trained on (the tokens the
+    policy generated; the attention mask itself when not given, as in single turn). Every loss, sequence sum and
+    token count reads ``loss_mask``; only the forward reads ``completion_mask``.
 
     ``rewards`` are what advantages are computed from (task reward, minus a KL term when the KL penalty
     lives in the reward); ``scores`` are the task rewards as the reward function returned them, ``components``
     the parts of a combined reward by name (NaN where a part gave none), ``correct`` 1/0, or NaN where the
-    reward has no notion of correctness. ``prompts`` are the dataset's prompts (text or chat messages).
+    reward has no notion of correctness. ``prompts`` are the dataset's prompts (text or chat messages), ``texts``
+    the completions' text (a multi-turn episode's turns and observations as the model read them) and ``turns``
+    an episode's turns as chat messages. ``source`` is ``policy`` (sampled now) or ``dataset`` (replayed).
     """
 
     prompt_ids: Tensor                                                  # [B, P], left-padded
     prompt_mask: Tensor                                                 # [B, P]
-    completion_ids: Tensor                                              # [B, C], right-padded
-    completion_mask: Tensor                                             # [B, C]
+    completion_ids: Tensor = per_token()                                # [B, C], right-padded
+    completion_mask: Tensor = per_token()                               # [B, C], attention
     scores: Tensor                                                      # [B]
     correct: Tensor                                                     # [B] float: 1, 0, NaN (not judged)
     metas: list[dict[str, Any]]
     group_size: int
+    loss_mask: Tensor | None = per_token(default=None)                  # [B, C], trained on; default: attention
     rewards: Tensor | None = None                                       # [B]
-    old_logps: Tensor | None = None                                     # [B, C]
-    ref_logps: Tensor | None = None                                     # [B, C]
-    behaviour_logps: Tensor | None = None                               # [B, C]: the data's sampler (dataset or engine)
-    from_dataset: bool = False                                          # replayed from stored rollouts
-    advantages: Tensor | None = None                                    # [B] or [B, C]
-    values: Tensor | None = None                                        # [B, C], a value head's (PPO)
-    returns: Tensor | None = None                                       # [B, C], value targets (PPO)
-    is_weights: Tensor | None = None                                    # [B, C], truncated importance weights
+    old_logps: Tensor | None = per_token(default=None)                  # [B, C]
+    ref_logps: Tensor | None = per_token(default=None)                  # [B, C]
+    behaviour_logps: Tensor | None = per_token(default=None)            # [B, C]: the data's sampler (dataset or engine)
+    source: Literal["policy", "dataset"] = "policy"
+    advantages: Tensor | None = per_token(default=None)                 # [B] or [B, C]
+    values: Tensor | None = per_token(default=None)                     # [B, C], a value head's (PPO)
+    returns: Tensor | None = per_token(default=None)                    # [B, C], value targets (PPO)
+    is_weights: Tensor | None = per_token(default=None)                 # [B, C], truncated importance weights
     prompts: list[Any] = field(default_factory=list)                    # [B], text or chat messages
+    texts: list[str] = field(default_factory=list)                      # [B], completion (episode) text
+    turns: list[Any] = field(default_factory=list)                      # [B], an episode's turns as messages
     components: dict[str, Tensor] = field(default_factory=dict)         # name -> [B]
     gold_scores: Tensor | None = None                                   # [B], logged, never trained on
     gold_correct: Tensor | None = None                                  # [B] float: 1, 0, NaN
+    truncated: Tensor | None = None                                     # [B] bool: the context filled up first
+
+    def __post_init__(self) -> None:
+        if self.loss_mask is None:                                      # single turn: trained where attended
+            object.__setattr__(self, "loss_mask", self.completion_mask)
+
+    @property
+    def from_dataset(self) -> bool:
+        return self.source == "dataset"
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
@@ -163,8 +185,8 @@ class RolloutBatch:
             v = getattr(self, f.name)
             if isinstance(v, Tensor):
                 v = v[index.to(v.device)]
-                v = v[:, :width] if f.name in TOKEN_FIELDS and v.dim() == 2 else v
-            elif isinstance(v, list):                                   # metas, prompts
+                v = v[:, :width] if f.metadata.get("per_token") and v.dim() == 2 else v
+            elif isinstance(v, list):                                   # metas, prompts, texts, turns
                 v = [v[i] for i in index.tolist()] if v else v
             elif isinstance(v, dict):                                   # components
                 v = {k: t[index.to(t.device)] for k, t in v.items()}
@@ -181,20 +203,24 @@ class RolloutBatch:
 
     @staticmethod
     def cat(batches: list["RolloutBatch"]) -> "RolloutBatch":
-        """Stack batches of the same prompts' width; per-token fields are right-padded with zeros."""
+        """Stack batches; per-token fields are right-padded with zeros, prompts left-padded (a padded position
+        changes no log-prob: positions count real tokens only)."""
         width = max(b.completion_ids.shape[1] for b in batches)
+        prompt_width = max(b.prompt_ids.shape[1] for b in batches)
         values = {}
         for f in fields(RolloutBatch):
             parts = [getattr(b, f.name) for b in batches]
-            if f.name in ("group_size", "from_dataset"):
+            if f.name in ("prompt_ids", "prompt_mask"):
+                values[f.name] = torch.cat([nn.functional.pad(p, (prompt_width - p.shape[1], 0)) for p in parts])
+            elif f.name in ("group_size", "source"):
                 values[f.name] = parts[0]
-            elif f.name in ("metas", "prompts"):
+            elif f.name in ("metas", "prompts", "texts", "turns"):
                 values[f.name] = [m for part in parts for m in part]
             elif f.name == "components":
                 values[f.name] = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
             elif parts[0] is None:
                 values[f.name] = None
-            elif f.name in TOKEN_FIELDS and parts[0].dim() == 2:
+            elif f.metadata.get("per_token") and parts[0].dim() == 2:
                 values[f.name] = torch.cat([nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
             else:
                 values[f.name] = torch.cat(parts)

@@ -2,6 +2,7 @@
 a whitened signal, pi_un, an earlier student), every teacher loss, ensembles, the validation criterion,
 exact resume mid-stage, bad settings, the YAML configs; and PPO / SAPO as on-policy algorithms."""
 
+from dataclasses import replace
 import copy
 import json
 import os
@@ -299,7 +300,7 @@ def test_micro_batches_give_the_full_batch_gradient_for_ce_and_student_losses(ti
     for phase in (0, 1):                                                # teacher (CE), student
         module.schedule.phase = phase
         if phase == 0:
-            rollout.advantages = torch.zeros(len(rollout))
+            rollout = replace(rollout, advantages=torch.zeros(len(rollout)))
         normalisers = module.normalisers(rollout)
         full = torch.autograd.grad(module.micro_loss(rollout, normalisers)[0], params, allow_unused=True)
         parts = [torch.autograd.grad(module.micro_loss(m, normalisers)[0], params, allow_unused=True)
@@ -334,7 +335,7 @@ def test_value_head_reads_the_same_hidden_states_as_the_training_forward(tiny_mo
     dm = data()
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
-    rollout = ppo.sample(*ppo.encode(batch["prompt"], SAMPLING), batch["prompt"], batch["meta"], SAMPLING, 2)
+    rollout = ppo.collector.collect(ppo.sampler, batch["prompt"], batch["meta"], SAMPLING, 2)
     fields = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
     ids, attention, positions = sequence_inputs(*fields)                # the decoder alone, outside the forward
     hidden = ppo.policy.model.get_decoder()(input_ids=ids, attention_mask=attention, position_ids=positions,

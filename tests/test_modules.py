@@ -13,7 +13,7 @@ from lit_rl.tasks.countdown import CountdownReward
 from lit_rl import GRPO, PPO, REINFORCE, RLOO, SFT, CountdownData, GroupAdvantage, ReMax, RewardFunction, RolloutRefresh, Score
 from lit_rl.data import ResumableBatches
 from lit_rl.modules.base import RLModule
-from lit_rl.objectives import rloo_advantages, zero_std_groups
+from lit_rl.objectives import LeaveOneOut, grpo_advantages, rloo_advantages, zero_std_groups
 
 from conftest import SAMPLING, VAL, needs_bf16_attention
 from conftest import fit as shared_fit
@@ -194,13 +194,20 @@ def test_module_callbacks_do_not_override_the_users(tiny_model_dir):
     assert [c.every_n_steps for c in refreshes] == [7]
 
 
-def test_group_advantage_callback_replaces_the_estimator(tiny_model_dir):
+def test_an_advantage_estimator_replaces_the_algorithms_and_the_old_callback_sets_it(tiny_model_dir):
+    """``advantage_estimator`` is a module setting; ``GroupAdvantage`` (old YAMLs) sets it at setup."""
     torch.manual_seed(0)
-    module = REINFORCE(model=tiny_model_dir, reward=CountdownReward(), group_size=4, sampling=SAMPLING, baseline="none")
+    module = REINFORCE(model=tiny_model_dir, reward=CountdownReward(), group_size=4, sampling=SAMPLING, baseline="none",
+                       advantage_estimator=LeaveOneOut(clip=0.5))
     rollout = module.make_rollout(prompts(2))
-    rollout.rewards = torch.tensor([1.0, 0.0, 0.5, 0.0, 1.0, 1.0, 1.0, 0.0])
-    GroupAdvantage("rloo", clip=0.5).on_rollout_end(None, module, rollout)
-    assert_close(rollout.advantages, rloo_advantages(rollout.rewards, 4).clamp(-0.5, 0.5))
+    assert_close(rollout.advantages, rloo_advantages(rollout.rewards, 4).clamp(-0.5, 0.5), rtol=0, atol=0)
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.0, 1.0, 1.0, 1.0, 0.0])
+    # by hand: A_i = r_i - mean of the other three, then clipped to [-0.5, 0.5]: 1 - 0.5/3 -> 0.5, 0 - 1.5/3,
+    # 0.5 - 1/3 = 1/6, 0 - 1.5/3; 1 - 2/3 = 1/3 (three times), 0 - 1 -> -0.5
+    assert_close(LeaveOneOut(clip=0.5)(rewards, 4), torch.tensor([0.5, -0.5, 1 / 6, -0.5, 1 / 3, 1 / 3, 1 / 3, -0.5]))
+    plain = REINFORCE(model=tiny_model_dir, reward=CountdownReward(), group_size=4, sampling=SAMPLING)
+    GroupAdvantage("grpo", scale="none").setup(None, plain, "fit")
+    assert_close(plain.advantage_estimator(rewards, 4), grpo_advantages(rewards, 4, "none"))
 
 
 class CoinReward(RewardFunction):
@@ -220,7 +227,7 @@ def test_dynamic_sampling_resamples_flat_groups(tiny_model_dir):
         torch.manual_seed(0)
         module = GRPO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, reward=CoinReward(),
                       dynamic_sampling=dynamic, max_resample_rounds=10)
-        rollout = module.collect(*module.encode(batch["prompt"], SAMPLING), batch["prompt"], batch["meta"])
+        rollout = module.collect(batch["prompt"], batch["meta"])
         assert len(rollout) == 16 and [m["target"] for m in rollout.metas[::2]] == [m["target"] for m in batch["meta"]]
         flat[dynamic] = zero_std_groups(rollout.scores, 2).float().mean().item()
     assert flat[False] >= 0.5 and flat[True] <= 0.25

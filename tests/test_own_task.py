@@ -81,7 +81,7 @@ def test_a_gsm8k_style_chat_task_trains_offline(chat_model_dir, tmp_path):
                   sampling=Sampling(temperature=1.0, max_new_tokens=24, stop=["</answer>"]),
                   val_sampling=Sampling(temperature=0.0, max_new_tokens=24, stop=["</answer>"]),
                   reward=Rewards([MathReward(), FormatReward()], weights=[1.0, 0.1]))
-    rendered = module.render(["How many?"])[0]
+    rendered = module.sampler.render("How many?")
     assert rendered == f"<|system|>{SYSTEM}\n<|user|>How many?\n<|assistant|>"
     record = Record()
     fit(module, data, 2, [record, CompletionLog(per_step=3)], logger=CSVLogger(tmp_path, name="", version=""))

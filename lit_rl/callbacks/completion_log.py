@@ -72,11 +72,13 @@ class CompletionLog(RolloutCallback):
 
     @staticmethod
     def rows(pl_module: Any, rollout: RolloutBatch, step: int, max_chars: int = 2000) -> list[dict[str, Any]]:
-        stop = getattr(getattr(pl_module, "sampling", None), "stop", ())
-        texts = pl_module.policy.decode(rollout.completion_ids, rollout.completion_mask, stop)
+        texts = rollout.texts
+        if not texts:                                                   # a batch made without its texts
+            stop = getattr(getattr(pl_module, "sampling", None), "stop", ())
+            texts = pl_module.policy.decode(rollout.completion_ids, rollout.completion_mask, stop)
         advantages = rollout.advantages
         if advantages is not None and advantages.dim() == 2:                # per-token: the mean over the tokens
-            mask = rollout.completion_mask
+            mask = rollout.loss_mask
             advantages = (advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
         def number(x: float) -> float | None:
@@ -88,6 +90,7 @@ class CompletionLog(RolloutCallback):
                  "reward": number(float(rollout.scores[i])),
                  "correct": None if math.isnan(c := float(rollout.correct[i])) else bool(c),
                  "components": {k: number(float(v[i])) for k, v in rollout.components.items()},
+                 **({"turns": cut(rollout.turns[i], max_chars)} if rollout.turns else {}),
                  "advantage": None if advantages is None else number(float(advantages[i]))}
                 for i in range(len(rollout))]
 

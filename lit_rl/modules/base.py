@@ -19,7 +19,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from lit_rl.chat import ChatTemplate, render_prompt
+from lit_rl.chat import ChatTemplate
+from lit_rl.collect import Collector, Sampler, SingleTurn, replay
 from lit_rl.checkpointing import SafeCheckpoints, nonfinite
 from lit_rl.distributed import (check_clipping, deepspeed_grad_norm, fully_shard_heads, fully_shard_policy, is_deepspeed,
                                 shards_parameters)
@@ -30,7 +31,7 @@ from lit_rl.objectives import logp_diff, mean_at_k, pass_at_k, truncated_importa
 from lit_rl.offline import StoredGroups
 from lit_rl.policy import LoraSettings, Policy, PolicyOutput
 from lit_rl.resume import MODULE_KEY, module_mismatch
-from lit_rl.rewards import Prompt, RewardFunction, score_batch
+from lit_rl.rewards import Prompt, RewardFunction
 from lit_rl.rewards.base import each_reward
 from lit_rl.rollout import HFEngine, RolloutBatch, RolloutEngine, Sampling, accuracy
 from lit_rl.timing import PhaseTimer
@@ -106,6 +107,7 @@ class PolicyModule(LightningModule):
         system_prompt: str | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
         gold_reward: RewardFunction | None = None,
+        collector: Collector | None = None,
     ) -> None:
         """
         Args:
@@ -135,9 +137,12 @@ class PolicyModule(LightningModule):
             gold_reward: a reward that is scored and logged beside ``reward`` but never trained on (RLHF against
                 a learned reward model with the task's verifier as the gold: ``gold/reward_mean``,
                 ``gold/accuracy`` on rollouts, ``val/gold_reward_mean``, ``val/gold_accuracy`` held out).
+            collector: what an episode is (``lit_rl.collect``): ``SingleTurn`` (the default: one completion per
+                sample) or ``lit_rl.MultiTurn`` (an environment or tools answer between the model's turns).
         """
         super().__init__()
-        self.save_hyperparameters(ignore=["reward", "gold_reward", "optimizer", "lr_scheduler", "engine"])
+        self.save_hyperparameters(ignore=["reward", "gold_reward", "optimizer", "lr_scheduler", "engine", "collector",
+                                           "advantage_estimator"])
         self.policy = Policy.load(model, dtype, lora, gradient_checkpointing, model_kwargs)
         self.reward_fn, self.gold_reward_fn = reward, gold_reward
         self.optimizer_fn, self.lr_scheduler_fn = optimizer, lr_scheduler
@@ -155,94 +160,17 @@ class PolicyModule(LightningModule):
                      "chat_template_kwargs": chat_template_kwargs}
         self.val_accuracy, self.val_reward = MeanMetric(), MeanMetric()
         self.timer = PhaseTimer()
+        self.collector = collector if collector is not None else SingleTurn()
+        self.sampler = Sampler(self.policy, self.engine, reward, gold_reward, self.chat, self.timer)
 
     def configure_optimizers(self) -> Any:
         return optimizers(self.optimizer_fn, self.lr_scheduler_fn, self.policy.parameters())
 
-    @torch.no_grad()
-    def sample(self, prompt_ids: Tensor, prompt_mask: Tensor, prompts: list[Prompt], metas: list[dict],
-               sampling: Sampling, n: int = 1) -> RolloutBatch:
-        """Generate ``n`` completions per prompt and score them: a rollout batch without log-probs yet.
-        ``prompts`` are the dataset's prompts (text or messages) and ``metas`` their rows' other columns."""
-        with self.timer("generate"):
-            generation = self.engine.generate(prompt_ids, prompt_mask, sampling, n)
-        self.timer.count("generated_tokens", generation.completion_mask.sum().item())
-        with self.timer("score"):
-            texts = self.policy.decode(generation.completion_ids, generation.completion_mask, sampling.stop)
-            groups = [row for row in range(len(prompts)) for _ in range(n)]      # each sample's row in the batch
-            ids = [row[m.bool()].tolist() for row, m in zip(generation.completion_ids, generation.completion_mask)]
-            prompts, metas = [p for p in prompts for _ in range(n)], [m for m in metas for _ in range(n)]
-            scored = self.score(prompts, texts, metas, prompt_ids.device, groups, ids)
-        return RolloutBatch(
-            prompt_ids=prompt_ids.repeat_interleave(n, 0), prompt_mask=prompt_mask.repeat_interleave(n, 0),
-            completion_ids=generation.completion_ids, completion_mask=generation.completion_mask,
-            metas=metas, group_size=n, behaviour_logps=generation.logps, prompts=prompts, **scored)
-
-    def score(self, prompts: list[Prompt], texts: list[str], metas: list[dict], device: torch.device,
-              groups: list[int] | None = None, completion_ids: list[list[int]] | None = None) -> dict[str, Any]:
-        """The reward's scores as the rollout batch's ``scores``, ``correct`` (NaN: not judged) and ``components``,
-        and the gold reward's as ``gold_scores`` and ``gold_correct``. Rewards holding a model are bound to the
-        policy's device and dtype first, and told whether this is training (running statistics update then).
-        ``groups`` is each sample's row (rewards that normalise per group, :class:`lit_rl.Rewards`, use it) and
-        ``completion_ids`` its generated token ids (TRL-style reward functions may read them)."""
-        dtype = next(self.policy.parameters()).dtype
-        each_reward((self.reward_fn, self.gold_reward_fn), "bind", device, dtype, self.training)
-        scores = score_batch(self.reward_fn, prompts, texts, metas, groups, completion_ids)
-        gold = {}
-        if self.gold_reward_fn is not None:
-            golds = score_batch(self.gold_reward_fn, prompts, texts, metas, groups, completion_ids)
-            gold = {"gold_scores": torch.tensor([s.reward for s in golds], dtype=torch.float32, device=device),
-                    "gold_correct": torch.tensor([float("nan") if s.correct is None else float(s.correct)
-                                                  for s in golds], device=device)}
-        names = list(dict.fromkeys(k for s in scores for k in (s.components or {})))
-        return {"scores": torch.tensor([s.reward for s in scores], dtype=torch.float32, device=device),
-                "correct": torch.tensor([float("nan") if s.correct is None else float(s.correct) for s in scores],
-                                        device=device),
-                "components": {k: torch.tensor([(s.components or {}).get(k, float("nan")) for s in scores],
-                                               device=device) for k in names}, **gold}
-
-    def replay(self, batch: StoredGroups) -> RolloutBatch:
-        """A rollout batch from stored groups (:class:`lit_rl.OfflineData`): the data's completions, rewards and
-        behaviour log-probs; token ids are used as stored, or the text is tokenised when they are absent."""
-        n, device = len(batch.completions[0]), self.device
-        stored_ids = [ids for group in batch.completion_ids for ids in (group or [None] * n)]
-        if any(ids is None for ids in stored_ids):
-            completion_ids, completion_mask = self.policy.encode_completions(
-                [c for group in batch.completions for c in group])
-        else:
-            completion_ids, completion_mask = self.policy.pad(stored_ids, left=False)
-        if any(ids is None for ids in batch.prompt_ids):
-            prompt_ids, prompt_mask = self.policy.encode_prompts(self.render(batch.prompt), completion_ids.shape[1])
-        else:
-            prompt_ids, prompt_mask = self.policy.pad(batch.prompt_ids, left=True)
-        behaviour = None
-        if all(group is not None for group in batch.behaviour_logps) and not any(i is None for i in stored_ids):
-            behaviour = torch.zeros(completion_ids.shape, device=device)
-            for row, values in enumerate(v for group in batch.behaviour_logps for v in group):
-                behaviour[row, :len(values)] = torch.tensor(values, device=device)
-        rewards = [r for group in batch.rewards for r in group]
-        correct = [float("nan") if c is None else float(c) for group in batch.correct for c in group]
-        return RolloutBatch(
-            prompt_ids=prompt_ids.repeat_interleave(n, 0), prompt_mask=prompt_mask.repeat_interleave(n, 0),
-            completion_ids=completion_ids, completion_mask=completion_mask,
-            scores=torch.tensor(rewards, dtype=torch.float32, device=device),
-            correct=torch.tensor(correct, device=device),
-            metas=[m for m in batch.meta for _ in range(n)], group_size=n, behaviour_logps=behaviour,
-            from_dataset=True, prompts=[p for p in batch.prompt for _ in range(n)])
-
-    def render(self, prompts: list[Prompt]) -> list[str]:
-        """Prompts as the model sees them (:func:`lit_rl.chat.render_prompt` with this module's chat settings)."""
-        return [render_prompt(self.policy.tokenizer, p, **self.chat) for p in prompts]
-
-    def encode(self, prompts: list[Prompt], sampling: Sampling) -> tuple[Tensor, Tensor]:
-        return self.policy.encode_prompts(self.render(prompts), sampling.max_new_tokens)
-
     def prompt_fits(self, prompt: Prompt) -> bool:
-        """Whether the rendered prompt leaves room for the longest completion this module samples
+        """Whether the rendered prompt leaves room for the longest sample this module's collector takes
         (``PromptData(filter_long=true)`` drops those that do not)."""
-        longest = max(self.val_sampling.max_new_tokens, getattr(self, "sampling", self.val_sampling).max_new_tokens)
-        budget = self.policy.prompt_budget(longest)
-        return budget is None or len(self.policy.tokenize(self.render([prompt])[0])) <= budget
+        room = max(self.collector.room(s) for s in (self.val_sampling, getattr(self, "sampling", self.val_sampling)))
+        return self.sampler.prompt_fits(prompt, room, self.collector.tools())
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.timer.device = self.device
@@ -327,8 +255,8 @@ class PolicyModule(LightningModule):
         self.val_at_k = {}
 
     def validation_step(self, batch: dict[str, list], batch_idx: int) -> None:
-        rollout = self.sample(*self.encode(batch["prompt"], self.val_sampling), batch["prompt"], batch["meta"],
-                              self.val_sampling, self.val_samples)
+        rollout = self.collector.collect(self.sampler, batch["prompt"], batch["meta"], self.val_sampling,
+                                         self.val_samples)
         if self.val_samples > 1:
             self.count_at_k(rollout.correct, batch["meta"])
         judged = ~rollout.correct.isnan()
@@ -397,6 +325,7 @@ class RLModule(PolicyModule):
         mini_batches: int = 1,
         importance_sampling_cap: float | None = None,
         shared_prompt_forward: bool = False,
+        advantage_estimator: Callable[[Tensor, int], Tensor] | None = None,
         **kwargs: Any,
     ) -> None:
         """
@@ -420,6 +349,9 @@ class RLModule(PolicyModule):
             shared_prompt_forward: compute each prompt once for its ``G`` samples in every forward (training, old
                 and reference log-probs): the prompt runs alone and the completions on its key/value cache
                 (``lit_rl.policy.shared_prompt_forward``; not under gradient checkpointing).
+            advantage_estimator: replaces the algorithm's advantages with ``estimator(rewards, group_size)``
+                (``lit_rl.objectives.LeaveOneOut``, ``GroupNormalized``, or any callable of that signature), to
+                try another estimator with an algorithm's loss; ``rollout/advantage_mean`` and ``_std`` are logged.
         """
         super().__init__(**kwargs)
         if group_size < 1:
@@ -440,6 +372,7 @@ class RLModule(PolicyModule):
         self.num_iterations, self.mini_batches, self.log_kl = num_iterations, mini_batches, log_kl
         self.automatic_optimization = False
         self.policy.shared_prompt_forward = shared_prompt_forward
+        self.advantage_estimator = advantage_estimator
         if kl_coef > 0 or log_kl:
             self.policy.enable_reference()
 
@@ -470,9 +403,9 @@ class RLModule(PolicyModule):
         ``output.hidden``, which the forward returns when ``needs_hidden``; an entropy bonus on ``output.logits``)."""
         return self.policy_loss(output.logps, batch)
 
-    def collect(self, prompt_ids: Tensor, prompt_mask: Tensor, prompts: list[Prompt], metas: list[dict]) -> RolloutBatch:
-        """Sample and score ``G`` completions per prompt (GRPO's dynamic sampling overrides this)."""
-        return self.sample(prompt_ids, prompt_mask, prompts, metas, self.sampling, self.group_size)
+    def collect(self, prompts: list[Prompt], metas: list[dict]) -> RolloutBatch:
+        """``G`` scored samples per prompt from the collector (GRPO's dynamic sampling overrides this)."""
+        return self.collector.collect(self.sampler, prompts, metas, self.sampling, self.group_size)
 
     def select_rows(self, rollout: RolloutBatch) -> RolloutBatch:
         """The rows the objective learns from: all of them here (DPO keeps each group's best and worst)."""
@@ -491,8 +424,8 @@ class RLModule(PolicyModule):
         if micro.ref_logps is not None and self.kl_coef > 0 and not self.kl_in_reward:
             token_loss = token_loss + self.kl_coef * kl_penalty(logps, micro.ref_logps, self.kl_estimator)
         if clipped is not None:
-            stats["clipped"] = (clipped.float() * micro.completion_mask).sum()
-        return aggregate(token_loss, micro.completion_mask, self.aggregation, **normalisers)
+            stats["clipped"] = (clipped.float() * micro.loss_mask).sum()
+        return aggregate(token_loss, micro.loss_mask, self.aggregation, **normalisers)
 
     # ------------------------------------------------------------------------------------- the shared loop
     whole_groups = False                                                # micro-batches may cut a group
@@ -512,40 +445,76 @@ class RLModule(PolicyModule):
 
     @torch.no_grad()
     def make_rollout(self, batch: dict[str, list] | StoredGroups) -> RolloutBatch:
-        """Sample (or, for a batch of stored groups, replay) and score completions; log-probs, advantages."""
+        """The training batch of one step, derived from the collector's samples in named steps (each returns
+        what it computes; nothing is written into a batch after it is made):
+
+        1. sample and score with the collector (or replay a batch of stored groups), and log them;
+        2. keep the rows the objective learns from (:meth:`select_rows`);
+        3. old log-probs where needed, with the engine's log-probs compared and importance weights;
+        4. reference log-probs where needed;
+        5. rewards: the scores, less the sequence KL when the KL is in the reward;
+        6. a critic's values and value targets (:meth:`value_targets`);
+        7. advantages: the module's (:meth:`advantages`) or its ``advantage_estimator``'s.
+        """
         if isinstance(batch, StoredGroups):
-            rollout = self.replay(batch)
+            samples = replay(self.sampler, batch)
         else:
-            rollout = self.collect(*self.encode(batch["prompt"], self.sampling), batch["prompt"], batch["meta"])
-        self.log_rollout(rollout)
-        rollout = self.select_rows(rollout)
-        if len(rollout) == 0:
-            return rollout
-        engine_logps = rollout.behaviour_logps is not None and not rollout.from_dataset
-        if self.needs_old_logps(rollout) or engine_logps:
-            with self.timer("old_logps"):
-                rollout.old_logps = self._rowwise(rollout, lambda *args: self.policy.logps(*args)[0])
-        if engine_logps:                                                # an engine with its own log-probs
-            mean_diff, max_diff = logp_diff(rollout.old_logps, rollout.behaviour_logps, rollout.completion_mask)
-            self.log_dict({"rollout/logp_diff": mean_diff, "rollout/logp_diff_max": max_diff}, batch_size=len(rollout))
-            if self.importance_sampling_cap is not None:
-                rollout.is_weights = truncated_importance_weights(rollout.old_logps, rollout.behaviour_logps,
-                                                                  rollout.completion_mask, self.importance_sampling_cap)
-        elif self.importance_sampling_cap is not None and not rollout.from_dataset:
-            raise ValueError(f"importance_sampling_cap needs an engine that returns log-probs; "
-                             f"{type(self.engine).__name__} returned none")
-        if self.needs_ref_logps(rollout):
-            with self.timer("ref_logps"):
-                rollout.ref_logps = self._rowwise(rollout, self.policy.reference_logps)
-        rollout.rewards = rollout.scores
-        if self.kl_in_reward and self.kl_coef > 0:
-            seq_kl = (kl_penalty(rollout.old_logps, rollout.ref_logps, "k1") * rollout.completion_mask).sum(-1)
-            rollout.rewards = rollout.scores - self.kl_coef * seq_kl     # [B]
+            samples = self.collect(batch["prompt"], batch["meta"])
+        self.log_rollout(samples)
+        samples = self.select_rows(samples)
+        if len(samples) == 0:
+            return samples
+        old_logps, is_weights = self.old_logps(samples)
+        ref_logps = self.reference_logps(samples) if self.needs_ref_logps(samples) else None
+        rollout = replace(samples, old_logps=old_logps, is_weights=is_weights, ref_logps=ref_logps,
+                          rewards=self.rewards(samples, old_logps, ref_logps))
         if (critic := self.value_targets(rollout)) is not None:
-            rollout.values, rollout.returns = critic
-        rollout.advantages = self.advantages(rollout)
+            rollout = replace(rollout, values=critic[0], returns=critic[1])
+        rollout = replace(rollout, advantages=self.estimate_advantages(rollout))
         self.on_rollout_end(rollout)
         return rollout
+
+    def old_logps(self, samples: RolloutBatch) -> tuple[Tensor | None, Tensor | None]:
+        """Step 3: the sampling policy's log-probs when :meth:`needs_old_logps` or the engine returned its own
+        (then compared with them, and the truncated importance weights when ``importance_sampling_cap``)."""
+        engine_logps = samples.behaviour_logps is not None and not samples.from_dataset
+        if not engine_logps and self.importance_sampling_cap is not None and not samples.from_dataset:
+            raise ValueError(f"importance_sampling_cap needs an engine that returns log-probs; "
+                             f"{type(self.engine).__name__} returned none")
+        if not (self.needs_old_logps(samples) or engine_logps):
+            return None, None
+        with self.timer("old_logps"):
+            old_logps = self._rowwise(samples, lambda *args: self.policy.logps(*args)[0])
+        if not engine_logps:
+            return old_logps, None
+        mean_diff, max_diff = logp_diff(old_logps, samples.behaviour_logps, samples.loss_mask)
+        self.log_dict({"rollout/logp_diff": mean_diff, "rollout/logp_diff_max": max_diff}, batch_size=len(samples))
+        if self.importance_sampling_cap is None:
+            return old_logps, None
+        return old_logps, truncated_importance_weights(old_logps, samples.behaviour_logps, samples.loss_mask,
+                                                       self.importance_sampling_cap)
+
+    def reference_logps(self, samples: RolloutBatch) -> Tensor:
+        """Step 4: the reference's log-probs."""
+        with self.timer("ref_logps"):
+            return self._rowwise(samples, self.policy.reference_logps)
+
+    def rewards(self, samples: RolloutBatch, old_logps: Tensor | None, ref_logps: Tensor | None) -> Tensor:
+        """Step 5: ``r = score``, or ``r = score - beta * sum_t (l_old - l_ref)`` over the trained tokens when the
+        KL is in the reward."""
+        if not (self.kl_in_reward and self.kl_coef > 0):
+            return samples.scores
+        seq_kl = (kl_penalty(old_logps, ref_logps, "k1") * samples.loss_mask).sum(-1)   # [B]
+        return samples.scores - self.kl_coef * seq_kl                                  # [B]
+
+    def estimate_advantages(self, rollout: RolloutBatch) -> Tensor:
+        """Step 7: the ``advantage_estimator``'s advantages if one is set (logged), else the module's own."""
+        if self.advantage_estimator is None:
+            return self.advantages(rollout)
+        advantages = self.advantage_estimator(rollout.rewards, rollout.group_size)
+        self.log_dict({"rollout/advantage_mean": advantages.mean(), "rollout/advantage_std": advantages.std()},
+                      batch_size=len(rollout))
+        return advantages
 
     def value_targets(self, rollout: RolloutBatch) -> tuple[Tensor, Tensor] | None:
         """A critic's values and value targets ``[B, C]`` of a scored rollout, computed before the advantages
@@ -569,7 +538,7 @@ class RLModule(PolicyModule):
         fields = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
         out = [logps_fn(*(f[s:s + size] for f in fields), self.sampling.logit_temperature)
                for s in range(0, len(rollout), size)]
-        return torch.cat(out) * rollout.completion_mask
+        return torch.cat(out) * rollout.loss_mask
 
     def training_step(self, batch: dict[str, list] | StoredGroups, batch_idx: int) -> dict[str, Tensor]:
         rollout = self.make_rollout(batch)
@@ -585,7 +554,7 @@ class RLModule(PolicyModule):
         """The global normalisers of one optimizer step's batch, shared by all its micro-batches. Under data
         parallelism the token count is the mean over ranks: DDP/FSDP average gradients over ranks, so
         ``sum_rank / mean_rank_tokens`` averaged gives ``sum_all / all_tokens``, one process's loss."""
-        num_tokens = batch.completion_mask.sum().float()
+        num_tokens = batch.loss_mask.sum().float()
         if self._trainer is not None and self.trainer.world_size > 1:
             num_tokens = self.trainer.strategy.reduce(num_tokens, reduce_op="mean")
         return {"num_seqs": len(batch), "num_tokens": num_tokens.clamp(min=1), "max_len": self.sampling.max_new_tokens}
@@ -594,7 +563,7 @@ class RLModule(PolicyModule):
         """Loss of one micro-batch, already divided by the step's global normaliser, and token-sum stats."""
         output = self.policy(micro.prompt_ids, micro.prompt_mask, micro.completion_ids, micro.completion_mask,
                              self.sampling.logit_temperature, entropy=True, hidden=self.needs_hidden)
-        mask = micro.completion_mask
+        mask = micro.loss_mask
         stats = {"entropy": (output.entropy * mask).sum(), "tokens": mask.sum()}
         if micro.ref_logps is not None:
             stats["kl"] = (kl_penalty(output.logps.detach(), micro.ref_logps, self.kl_estimator) * mask).sum()
@@ -634,7 +603,7 @@ class RLModule(PolicyModule):
         metrics = {
             "rollout/reward_mean": scores.mean(),
             "rollout/reward_std": scores.std() if size > 1 else torch.zeros(()),
-            "rollout/completion_length": rollout.completion_mask.sum(-1).float().mean(),
+            "rollout/completion_length": rollout.loss_mask.sum(-1).float().mean(),   # generated tokens
         }
         if (share := accuracy(rollout.correct)) is not None:           # rewards that judge correctness
             metrics["rollout/accuracy"] = share

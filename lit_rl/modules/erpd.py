@@ -1,6 +1,7 @@
 """ERPD: Extreme Region Policy Distillation (Chen et al. 2026, "Extreme Region Policy Distillation",
 arXiv:2605.25582)."""
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -143,15 +144,15 @@ class ERPD(RLModule):
         for group, base in zip(optimizer.param_groups, schedule.base_lrs):
             group["lr"] = lr if lr is not None else base
         rollout = schedule.rollout
-        if kind == "teacher":
-            rollout.advantages = grpo_advantages(rollout.rewards, rollout.group_size, self.scale)
-            if self.teachers[k].loss == "ppo":                          # gamma = lambda = 1 (sec. 4.1)
-                values = self._rowwise(rollout, lambda *a: self.value_head.values(self.policy, *a))
-                rollout.values, rollout.returns = values, ppo_returns(rollout.rewards, values, rollout.completion_mask)
-                rollout.advantages = ppo_advantages(rollout.rewards, values, rollout.completion_mask,
-                                                    adaptive_lambda_alpha=self.teachers[k].adaptive_lambda_alpha)
+        if kind == "teacher" and self.teachers[k].loss == "ppo":       # gamma = lambda = 1 (sec. 4.1)
+            values = self._rowwise(rollout, lambda *a: self.value_head.values(self.policy, *a))
+            schedule.rollout = replace(rollout, values=values, returns=ppo_returns(rollout.rewards, values, rollout.loss_mask),
+                                       advantages=ppo_advantages(rollout.rewards, values, rollout.loss_mask,
+                                                                 adaptive_lambda_alpha=self.teachers[k].adaptive_lambda_alpha))
+        elif kind == "teacher":
+            schedule.rollout = replace(rollout, advantages=grpo_advantages(rollout.rewards, rollout.group_size, self.scale))
         elif kind == "student":
-            rollout.advantages = schedule.student_signal()
+            schedule.rollout = replace(rollout, advantages=schedule.student_signal())
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """A stage ends at the start of the batch after its last step, never in the hook that saves a checkpoint,
@@ -176,7 +177,7 @@ class ERPD(RLModule):
             if kind == "student":
                 student = self._rowwise(schedule.rollout, lambda *a: self.policy.logps(*a)[0])
                 rollout, teacher = schedule.rollout, schedule.teacher_logps[max(k, 0)]
-                record["ratio"] = float(deviation_ratio(student, rollout.old_logps, teacher, rollout.completion_mask))
+                record["ratio"] = float(deviation_ratio(student, rollout.old_logps, teacher, rollout.loss_mask))
                 if log:
                     self.log("erpd/ratio", record["ratio"], batch_size=1)
         if not schedule.advance(self.global_step):
@@ -205,10 +206,10 @@ class ERPD(RLModule):
                 self.policy.model.load_state_dict(schedule.unlearned.pop(k) if strategy == 2
                                                   else schedule.students[teacher.earlier_student])
                 den = self._rowwise(rollout, logps)
-            signal = log_ratio_signal(schedule.teacher_logps[k], den, rollout.completion_mask, teacher.outliers,
+            signal = log_ratio_signal(schedule.teacher_logps[k], den, rollout.loss_mask, teacher.outliers,
                                       rows=rollout.correct == 1)
             schedule.check_signal(k, strategy, signal)
-            schedule.signals[k] = whiten(signal, rollout.completion_mask)
+            schedule.signals[k] = whiten(signal, rollout.loss_mask)
             record["strategy"] = strategy
         if schedule.student_steps > 0 or k < len(self.teachers) - 1:
             self.policy.model.load_state_dict(schedule.old_state)     # stage 2 (or the next teacher) restarts from pi_old
@@ -254,10 +255,10 @@ class ERPD(RLModule):
         if (share := self.heldout_accuracy()) is not None:
             record["accuracy"] = share
         G = rollout.group_size
-        own = self.sample(rollout.prompt_ids[::G], rollout.prompt_mask[::G], rollout.prompts[::G], rollout.metas[::G],
-                          self.sampling, self.kl_samples)
-        mask = own.completion_mask
-        fields, size = (own.prompt_ids, own.prompt_mask, own.completion_ids, mask), self.micro_batch_size or len(own)
+        own = self.collector.collect(self.sampler, rollout.prompts[::G], rollout.metas[::G], self.sampling,
+                                     self.kl_samples)
+        mask, size = own.loss_mask, self.micro_batch_size or len(own)
+        fields = (own.prompt_ids, own.prompt_mask, own.completion_ids, own.completion_mask)
         parts = [self.policy.logps(*(f[s:s + size] for f in fields), self.sampling.logit_temperature, entropy=True)
                  for s in range(0, len(own), size)]                    # one forward for log-probs and entropy
         logps, entropy = (torch.cat([p[i] for p in parts]) * mask for i in (0, 1))
@@ -278,8 +279,7 @@ class ERPD(RLModule):
             return None
         correct: list[Tensor] = []
         for batch in datamodule.val_dataloader():
-            rollout = self.sample(*self.encode(batch["prompt"], self.val_sampling), batch["prompt"], batch["meta"],
-                                  self.val_sampling)
+            rollout = self.collector.collect(self.sampler, batch["prompt"], batch["meta"], self.val_sampling)
             correct.append(rollout.correct)
             if self.eval_size is not None and sum(map(len, correct)) >= self.eval_size:
                 break

@@ -86,7 +86,7 @@ class ERPDSchedule:
         if k >= 0:
             return self.signals[k]
         return combine_signals([self.signals[j] for j in range(len(self.teachers))],
-                               [t.weight for t in self.teachers], self.rollout.completion_mask)
+                               [t.weight for t in self.teachers], self.rollout.loss_mask)
 
     def check_unlearned_steps(self) -> None:
         """Refuse a strategy-2 ``unlearned_step`` at or past its teacher's last step: ``pi_un`` would be the
@@ -104,7 +104,7 @@ class ERPDSchedule:
     def check_signal(self, k: int, strategy: int, signal: Tensor) -> None:
         """Stop, rather than distil nothing, when teacher ``k``'s log-ratio is constant on every valid token of the
         fixed batch (its whitened signal is then zero, or rounding noise scaled up to unit variance)."""
-        mask, teacher = self.rollout.completion_mask, self.teachers[k]
+        mask, teacher = self.rollout.loss_mask, self.teachers[k]
         if (spread := float(signal_spread(signal, mask))) > ZERO_SIGNAL:
             return
         den = {1: "pi_old", 2: f"pi_un (step {teacher.unlearned_step})",
@@ -147,4 +147,13 @@ class ERPDSchedule:
         state = {"switches": old_switches or [], "switch_requested": False, **state}
         for name in STATE:
             setattr(self, name, state[name])
-        self.rollout = None if state["rollout"] is None else RolloutBatch(**state["rollout"])
+        self.rollout = None if state["rollout"] is None else RolloutBatch(**saved_rollout(state["rollout"]))
+
+
+def saved_rollout(fields: dict[str, Any]) -> dict[str, Any]:
+    """A saved batch's fields as today's :class:`RolloutBatch` takes them: checkpoints written before the
+    collector said ``from_dataset: bool`` where it now says ``source``."""
+    fields = dict(fields)
+    if "from_dataset" in fields:
+        fields["source"] = "dataset" if fields.pop("from_dataset") else "policy"
+    return fields

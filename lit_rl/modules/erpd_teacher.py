@@ -76,7 +76,7 @@ class Teacher:
         ``pi_old``'s; ``values`` the value head's, for ``ppo``), and the clipped-token mask of clipped losses.
         CE's sequence loss is spread evenly over the sequence's valid tokens, so ``seq_mean_token_mean``
         aggregation gives exactly its mean over sequences."""
-        old, mask, advantages = batch.old_logps, batch.completion_mask, batch.advantages
+        old, mask, advantages = batch.old_logps, batch.loss_mask, batch.advantages
         if self.loss in ("ce", "mse") and batch.correct.isnan().any():
             raise ValueError(f"ERPD's {self.loss} teacher learns from correctness, but the reward judged none for "
                              f"some samples (Score.correct is None): use a reward that reports correctness")

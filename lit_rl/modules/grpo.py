@@ -64,8 +64,8 @@ class GRPO(RLModule):
             return sapo_loss(logps, batch.old_logps, batch.advantages, self.tau_pos, self.tau_neg), None
         return clipped_policy_loss(logps, batch.old_logps, batch.advantages, self.eps_low, self.eps_high, self.dual_clip)
 
-    def collect(self, prompt_ids: Tensor, prompt_mask: Tensor, prompts: list, metas: list[dict]) -> RolloutBatch:
-        rollout = super().collect(prompt_ids, prompt_mask, prompts, metas)
+    def collect(self, prompts: list, metas: list[dict]) -> RolloutBatch:
+        rollout = super().collect(prompts, metas)
         if not self.dynamic_sampling:
             return rollout
         G = self.group_size
@@ -74,8 +74,7 @@ class GRPO(RLModule):
         rounds = 0
         while any(flat) and rounds < self.max_resample_rounds:
             redo = [p for p, is_flat in enumerate(flat) if is_flat]
-            fresh = super().collect(prompt_ids[redo], prompt_mask[redo], [prompts[p] for p in redo],
-                                    [metas[p] for p in redo])
+            fresh = super().collect([prompts[p] for p in redo], [metas[p] for p in redo])
             for j, (p, still_flat) in enumerate(zip(redo, zero_std_groups(fresh.scores, G).tolist())):
                 if not still_flat:
                     groups[p], flat[p] = fresh.select(_rows(j, G)), False

@@ -61,7 +61,7 @@ class ListwiseModule(RLModule):
 
     def objective(self, output: PolicyOutput, micro: RolloutBatch, normalisers: dict[str, Any],
                   stats: dict[str, Tensor]) -> Tensor:
-        mask = micro.completion_mask
+        mask = micro.loss_mask
         seq = sequence_logps(output.logps, mask, self.average_logps)                          # [b]
         anchor = sequence_logps(self.anchor_logps(micro), mask, self.average_logps)    # [b]
         return self.group_loss(seq, anchor, micro).sum() / normalisers["num_groups"]

@@ -61,12 +61,11 @@ class PPO(RLModule):
 
     def value_targets(self, rollout: RolloutBatch) -> tuple[Tensor, Tensor]:
         values = self._rowwise(rollout, lambda *a: self.value_head.values(self.policy, *a))       # [B, C]
-        self.log("rollout/value_mean", values.sum() / rollout.completion_mask.sum().clamp(min=1),
-                 batch_size=len(rollout))
-        return values, ppo_returns(rollout.rewards, values, rollout.completion_mask, self.gamma, self.critic_lambda)
+        self.log("rollout/value_mean", values.sum() / rollout.loss_mask.sum().clamp(min=1), batch_size=len(rollout))
+        return values, ppo_returns(rollout.rewards, values, rollout.loss_mask, self.gamma, self.critic_lambda)
 
     def advantages(self, rollout: RolloutBatch) -> Tensor:
-        return ppo_advantages(rollout.rewards, rollout.values, rollout.completion_mask, self.gamma, self.lam,
+        return ppo_advantages(rollout.rewards, rollout.values, rollout.loss_mask, self.gamma, self.lam,
                               self.adaptive_lambda_alpha, self.whiten_advantages)                 # [B, C]
 
     def token_loss(self, output: PolicyOutput, batch: RolloutBatch) -> tuple[Tensor, Tensor]:

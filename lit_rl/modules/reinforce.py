@@ -65,8 +65,7 @@ class ReMax(RLModule):
 
     def advantages(self, rollout: RolloutBatch) -> Tensor:
         G = rollout.group_size
-        greedy = self.sample(rollout.prompt_ids[::G], rollout.prompt_mask[::G], rollout.prompts[::G],
-                             rollout.metas[::G], self.sampling.greedy)
+        greedy = self.collector.collect(self.sampler, rollout.prompts[::G], rollout.metas[::G], self.sampling.greedy)
         self.log("rollout/greedy_reward_mean", greedy.scores.mean(), batch_size=len(greedy))
         if (share := accuracy(greedy.correct)) is not None:
             self.log("rollout/greedy_accuracy", share, batch_size=len(greedy))

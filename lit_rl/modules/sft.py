@@ -17,7 +17,7 @@ class SFT(PolicyModule):
 
     def loss(self, batch: dict[str, list]) -> Tensor:
         completion_ids, completion_mask = self.policy.encode_completions(batch["completion"])
-        prompt_ids, prompt_mask = self.policy.encode_prompts(self.render(batch["prompt"]), completion_ids.shape[1])
+        prompt_ids, prompt_mask = self.sampler.encode(batch["prompt"], completion_ids.shape[1])
         logps, _ = self.policy.logps(prompt_ids, prompt_mask, completion_ids, completion_mask)
         return aggregate(sft_loss(logps), completion_mask, "token_mean")
 

@@ -53,5 +53,5 @@ class TOPR(RLModule):
                 raise ValueError("the dataset carries no behaviour log-probs: set data.init_args.behaviour_model to "
                                  "the model that generated it (they are then computed once and cached)")
             behaviour = logps.detach()                                  # sampled here: mu is the policy
-        return topr_loss(logps, behaviour, batch.rewards, batch.completion_mask, self.threshold, self.baseline,
+        return topr_loss(logps, behaviour, batch.rewards, batch.loss_mask, self.threshold, self.baseline,
                          self.per_token)

@@ -1,7 +1,9 @@
 """Pure objective functions: tensors in, tensors out; no Lightning, no state."""
 
 from lit_rl.objectives.advantages import (
+    GroupNormalized,
     GroupScale,
+    LeaveOneOut,
     grpo_advantages,
     reinforce_advantages,
     remax_advantages,
@@ -45,6 +47,7 @@ from lit_rl.objectives.preference import (
 )
 
 __all__ = [
+    "GroupNormalized", "LeaveOneOut",
     "Aggregation", "GroupScale", "KLEstimator", "aggregate", "clipped_policy_loss", "grpo_advantages",
     "kl_penalty", "policy_gradient_loss", "reinforce_advantages", "remax_advantages", "rloo_advantages",
     "sft_loss", "zero_std_groups", "topr_loss", "best_worst", "dpo_loss", "ipo_loss", "multi_completion_loss",

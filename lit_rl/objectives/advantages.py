@@ -71,3 +71,27 @@ def zero_std_groups(rewards: Tensor, group_size: int) -> Tensor:
     """Boolean ``[P]``: groups whose rewards are all equal (no learning signal under group baselines)."""
     r = _groups(rewards, group_size)
     return (r == r[:, :1]).all(-1)
+
+
+class LeaveOneOut:
+    """RLOO's estimator as a value a module takes (``advantage_estimator``): :func:`rloo_advantages`, then
+    ``|A|`` clipped to ``clip`` if set."""
+
+    def __init__(self, clip: float | None = None) -> None:
+        self.clip = clip
+
+    def __call__(self, rewards: Tensor, group_size: int) -> Tensor:
+        advantages = rloo_advantages(rewards, group_size)               # [B]
+        return advantages if self.clip is None else advantages.clamp(-self.clip, self.clip)
+
+
+class GroupNormalized:
+    """GRPO's estimator as a value a module takes (``advantage_estimator``): :func:`grpo_advantages` with
+    ``scale``, then ``|A|`` clipped to ``clip`` if set."""
+
+    def __init__(self, scale: GroupScale = "group", clip: float | None = None) -> None:
+        self.scale, self.clip = scale, clip
+
+    def __call__(self, rewards: Tensor, group_size: int) -> Tensor:
+        advantages = grpo_advantages(rewards, group_size, self.scale)   # [B]
+        return advantages if self.clip is None else advantages.clamp(-self.clip, self.clip)

@@ -32,7 +32,10 @@ def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
     ``delta_t = r_t + gamma V_{t+1} - V_t`` (``V`` past the last token is 0);
     ``A_t = delta_t + gamma lambda A_{t+1}``; returns ``A + V`` (the value targets). ``lam`` is a float or one
     value per sequence ``[B]``. With ``gamma = lambda = 1`` and the outcome on the last token, ``A_t = R - V_t``.
-    Returns ``(advantages [B, T], returns [B, T])``, detached and zero on padding.
+    Positions outside ``mask`` (padding, and an environment's tokens inside a multi-turn episode) pass the future
+    through, so GAE runs over the trained tokens as if they were contiguous (``V_{t+1}`` of a model turn's last
+    token is the value at the next turn's first), as veRL's multi-turn GAE does.
+    Returns ``(advantages [B, T], returns [B, T])``, detached and zero off the mask.
     """
     token_rewards, values, mask = token_rewards.detach(), values.detach(), mask.to(values.dtype)
     lam = torch.as_tensor(lam, dtype=values.dtype, device=values.device).expand(values.shape[0])  # [B], values' dtype

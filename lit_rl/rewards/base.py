@@ -132,7 +132,7 @@ def checked_scores(reward: Any, out: Any, completions: list[str], allow_none: bo
 
 def call_score(reward: Any, prompts: list[Prompt], completions: list[str], columns: Columns, **extras: Any) -> Any:
     """``reward.score`` on copies of its inputs (a reward that edits them changes nothing its caller keeps: a
-    deep copy costs little beside scoring), with each of ``extras`` (``groups``, ``completion_ids``) that is known
+    deep copy costs little beside scoring), with each of ``extras`` (``groups``, ``completion_ids``, ``episodes``) that is known
     and that its ``score`` takes as a keyword."""
     takes = inspect.signature(reward.score).parameters
     known = {k: copy.deepcopy(v) for k, v in extras.items() if v is not None and k in takes}
@@ -154,11 +154,14 @@ def run_awaitables(awaitables: list[Any]) -> list[Any]:
 
 
 def score_batch(reward: RewardFunction, prompts: list[Prompt], completions: list[str], metas: list[dict[str, Any]],
-                groups: list[Hashable] | None = None, completion_ids: list[list[int]] | None = None) -> list[Score]:
+                groups: list[Hashable] | None = None, completion_ids: list[list[int]] | None = None,
+                episodes: list[list[dict]] | None = None) -> list[Score]:
     """Score every completion with ``reward`` in one call and check what it returned; ``groups`` is, per sample,
-    the dataset row it was sampled from (for rewards that normalise within a row's group, :class:`Rewards`), and
-    ``completion_ids`` its token ids as generated (for rewards that read them, as TRL's may)."""
+    the dataset row it was sampled from (for rewards that normalise within a row's group, :class:`Rewards`),
+    ``completion_ids`` its token ids as generated (for rewards that read them, as TRL's may) and ``episodes`` a
+    multi-turn episode's turns as chat messages (conversational reward functions are shown them)."""
     if reward is None:
         raise ValueError("no reward is set: give the module a `reward` (e.g. model.init_args.reward in the YAML)")
-    out = call_score(reward, prompts, completions, columns_of(metas), groups=groups, completion_ids=completion_ids)
+    out = call_score(reward, prompts, completions, columns_of(metas), groups=groups, completion_ids=completion_ids,
+                     episodes=episodes)
     return checked_scores(reward, run_awaitables([out])[0] if inspect.isawaitable(out) else out, completions)

@@ -91,8 +91,10 @@ class Rewards(RewardFunction):
                 reward.load_state_dict(state[name])
 
     def score(self, prompts: list[Prompt], completions: list[str], columns: Columns, *,
-              groups: list[Hashable] | None = None, completion_ids: list[list[int]] | None = None) -> list[Score]:
-        outs = [call_score(r, prompts, completions, columns, groups=groups, completion_ids=completion_ids)
+              groups: list[Hashable] | None = None, completion_ids: list[list[int]] | None = None,
+              episodes: list[list[dict]] | None = None) -> list[Score]:
+        outs = [call_score(r, prompts, completions, columns, groups=groups, completion_ids=completion_ids,
+                           episodes=episodes)
                 for r in self.rewards]                                  # each on its own copies
         waiting = [k for k, out in enumerate(outs) if inspect.isawaitable(out)]
         for k, out in zip(waiting, run_awaitables([outs[k] for k in waiting])):   # async components, concurrently

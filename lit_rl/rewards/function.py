@@ -45,7 +45,8 @@ class FunctionReward(RewardFunction):
 
     ``prompts`` are the dataset's prompts (text, or chat messages); ``completions`` the decoded completions, as
     text for text prompts and, for chat prompts, as conversations of one assistant message
-    (``[{"role": "assistant", "content": ...}]``, TRL's convention; ``conversational: false`` gives text);
+    (``[{"role": "assistant", "content": ...}]``, TRL's convention; ``conversational: false`` gives text; a
+    multi-turn episode is shown as all its turns, the model's and the environment's, as messages);
     ``completion_ids`` their token ids as generated (``None`` where unknown, as for stored completions without
     ids); every dataset column arrives as a keyword argument holding one value per completion. A function with
     ``**kwargs`` gets all of them; one without gets those it names. An item may be a float, a
@@ -82,13 +83,16 @@ class FunctionReward(RewardFunction):
         self.warn_after = SLOW if warn_after is None else warn_after
 
     def score(self, prompts: list[Prompt], completions: list[str], columns: Columns, *,
-              completion_ids: list[list[int]] | None = None) -> Any:
+              completion_ids: list[list[int]] | None = None, episodes: list[list[dict]] | None = None) -> Any:
         clash = {"prompts", "completions", "completion_ids"} & (set(columns) | set(self.kwargs))
         if clash:
             raise ValueError(f"dataset columns or kwargs {sorted(clash)} clash with {self.function}'s own arguments; "
                              f"rename them")
         chat = self.conversational if self.conversational is not None else any(not isinstance(p, str) for p in prompts)
-        shown = [[{"role": "assistant", "content": c}] for c in completions] if chat else completions
+        if chat:                                                        # a multi-turn episode: all its turns
+            shown = episodes or [[{"role": "assistant", "content": c}] for c in completions]
+        else:
+            shown = completions
         arguments = accepted(self.fn, {"prompts": prompts, "completions": shown, "completion_ids": completion_ids,
                                        **columns, **self.kwargs})
         where = (f"reward function {self.function} failed on a batch of {len(completions)} completions (columns "
