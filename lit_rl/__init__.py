@@ -3,6 +3,7 @@
 from lit_rl.callbacks import CompletionLog, GroupAdvantage, KLEntropyTracker, RolloutCallback, RolloutRefresh
 from lit_rl.chat import render_prompt
 from lit_rl.data import PromptData
+from lit_rl.environment import Environment, EnvStep
 from lit_rl.modules import (
     DPO, GRPO, IPO, REBEL, REINFORCE, RLOO, SFT, TOPR, ListwiseModule, MultiCompletion, PolicyModule, ReMax, RewardModelTraining,
     RLModule,
@@ -13,6 +14,7 @@ from lit_rl.rewards import FormatReward, FunctionReward, MathReward, RemoteRewar
 from lit_rl.rewards.model import RewardModel
 from lit_rl.rollout import Generation, HFEngine, RolloutBatch, RolloutEngine, Sampling
 from lit_rl.tasks.countdown import CountdownData, CountdownReward
+from lit_rl.tools import Tools
 from lit_rl.vllm_engine import VLLMEngine
 
 from lit_rl.callbacks.erpd_stage import ERPDStageSwitch  # noqa: I001 (ERPD and PPO)
@@ -26,5 +28,6 @@ __all__ = [
     "HFEngine", "KLEntropyTracker", "LoraSettings", "Policy", "PolicyModule", "RLModule", "ReMax", "RewardFunction",
     "RolloutBatch", "RolloutCallback", "RolloutEngine", "RolloutRefresh", "Sampling", "Score", "VLLMEngine",
     "CompletionLog", "FormatReward", "FunctionReward", "MathReward", "PromptData", "RemoteReward", "RewardModel", "RewardModelTraining", "Rewards", "render_prompt",
+    "Environment", "EnvStep", "Tools",
 ]
 __all__ += ["ERPD", "ERPDStageSwitch", "PPO", "Teacher"]

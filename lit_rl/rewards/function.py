@@ -16,18 +16,19 @@ log = logging.getLogger(__name__)
 SLOW = 60.0                                                         # seconds: a call past it is reported
 
 
-def load_function(path: str) -> Callable[..., Any]:
-    """``package.module:function`` (or ``package.module.function``) to the function, or a named error."""
+def load_function(path: str, what: str = "reward function") -> Callable[..., Any]:
+    """``package.module:function`` (or ``package.module.function``) to the function, or an error naming ``what``
+    the function was for (a reward function, a tool)."""
     module_name, sep, attr = path.partition(":") if ":" in path else path.rpartition(".")
     if not module_name or not attr:
-        raise ValueError(f"reward function {path!r} is not a dotted path like 'mypkg.rewards:accuracy'")
+        raise ValueError(f"{what} {path!r} is not a dotted path like 'mypkg.module:function'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"reward function {path!r}: cannot import module {module_name!r} ({err})") from None
+        raise ValueError(f"{what} {path!r}: cannot import module {module_name!r} ({err})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise ValueError(f"reward function {path!r}: module {module_name!r} has no function {attr!r}")
+        raise ValueError(f"{what} {path!r}: module {module_name!r} has no function {attr!r}")
     return fn
 
 
@@ -146,7 +147,7 @@ def in_thread(fn: Callable[..., Any], arguments: dict[str, Any], timeout: float)
         except BaseException as err:                                   # re-raised in the caller's thread
             done["error"] = err
 
-    thread = threading.Thread(target=run, name=f"reward {function_name(fn)}", daemon=True)
+    thread = threading.Thread(target=run, name=f"timed {function_name(fn)}", daemon=True)
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
