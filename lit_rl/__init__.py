@@ -12,7 +12,7 @@ from lit_rl.policy import LoraSettings, Policy
 from lit_rl.rewards import FormatReward, FunctionReward, MathReward, RemoteReward, RewardFunction, Rewards, Score
 from lit_rl.rewards.model import RewardModel
 from lit_rl.rollout import Generation, HFEngine, RolloutBatch, RolloutEngine, Sampling
-from lit_rl.tasks.countdown import CountdownData, CountdownReward
+from lit_rl.tasks.countdown import CountdownData, CountdownFeedback, CountdownReward
 from lit_rl.vllm_engine import VLLMEngine
 
 from lit_rl.callbacks.erpd_stage import ERPDStageSwitch  # noqa: I001 (ERPD and PPO)
@@ -22,7 +22,8 @@ from lit_rl.modules.ppo import PPO
 
 __all__ = [
     "DPO", "IPO", "REBEL", "TOPR", "ListwiseModule", "MultiCompletion", "OfflineData",
-    "GRPO", "RLOO", "REINFORCE", "SFT", "CountdownData", "CountdownReward", "Generation", "GroupAdvantage",
+    "GRPO", "RLOO", "REINFORCE", "SFT", "CountdownData", "CountdownFeedback", "CountdownReward", "Generation",
+    "GroupAdvantage",
     "HFEngine", "KLEntropyTracker", "LoraSettings", "Policy", "PolicyModule", "RLModule", "ReMax", "RewardFunction",
     "RolloutBatch", "RolloutCallback", "RolloutEngine", "RolloutRefresh", "Sampling", "Score", "VLLMEngine",
     "CompletionLog", "FormatReward", "FunctionReward", "MathReward", "PromptData", "RemoteReward", "RewardModel", "RewardModelTraining", "Rewards", "render_prompt",
