@@ -4,16 +4,18 @@ from lit_rl.callbacks import CompletionLog, GroupAdvantage, KLEntropyTracker, Ro
 from lit_rl.chat import render_prompt
 from lit_rl.data import PromptData
 from lit_rl.environment import Environment, EnvStep
+from lit_rl.collect import Collector, SingleTurn
 from lit_rl.modules import (
     DPO, GRPO, IPO, REBEL, REINFORCE, RLOO, SFT, TOPR, ListwiseModule, MultiCompletion, PolicyModule, ReMax, RewardModelTraining,
     RLModule,
 )
+from lit_rl.multiturn import MultiTurn
 from lit_rl.offline import OfflineData
 from lit_rl.policy import LoraSettings, Policy
 from lit_rl.rewards import FormatReward, FunctionReward, MathReward, RemoteReward, RewardFunction, Rewards, Score
 from lit_rl.rewards.model import RewardModel
 from lit_rl.rollout import Generation, HFEngine, RolloutBatch, RolloutEngine, Sampling
-from lit_rl.tasks.countdown import CountdownData, CountdownReward
+from lit_rl.tasks.countdown import CountdownData, CountdownFeedback, CountdownReward
 from lit_rl.tools import Tools
 from lit_rl.vllm_engine import VLLMEngine
 
@@ -24,10 +26,11 @@ from lit_rl.modules.ppo import PPO
 
 __all__ = [
     "DPO", "IPO", "REBEL", "TOPR", "ListwiseModule", "MultiCompletion", "OfflineData",
-    "GRPO", "RLOO", "REINFORCE", "SFT", "CountdownData", "CountdownReward", "Generation", "GroupAdvantage",
+    "GRPO", "RLOO", "REINFORCE", "SFT", "CountdownData", "CountdownFeedback", "CountdownReward", "Generation",
+    "GroupAdvantage",
     "HFEngine", "KLEntropyTracker", "LoraSettings", "Policy", "PolicyModule", "RLModule", "ReMax", "RewardFunction",
     "RolloutBatch", "RolloutCallback", "RolloutEngine", "RolloutRefresh", "Sampling", "Score", "VLLMEngine",
     "CompletionLog", "FormatReward", "FunctionReward", "MathReward", "PromptData", "RemoteReward", "RewardModel", "RewardModelTraining", "Rewards", "render_prompt",
-    "Environment", "EnvStep", "Tools",
+    "Collector", "Environment", "EnvStep", "MultiTurn", "SingleTurn", "Tools",
 ]
 __all__ += ["ERPD", "ERPDStageSwitch", "PPO", "Teacher"]

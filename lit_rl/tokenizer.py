@@ -22,7 +22,7 @@ def char_tokenizer(alphabet: str, words: tuple[str, ...] = (),
     ``chat_template`` (``None``: none)."""
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys([PAD, EOS, *words, *alphabet]))}
     longest_first = sorted(words, key=len, reverse=True)
-    pattern = "|".join([*map(re.escape, longest_first), "."])
+    pattern = "|".join([*map(re.escape, longest_first), r"[\s\S]"])      # any character, newlines too
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     tok.decoder = decoders.Fuse()

@@ -45,31 +45,37 @@ def verify(completion: str, numbers: list[int], target: int) -> Verdict:
     """``correct``; ``wrong`` (well-formed, allowed numbers, wrong value or division by zero);
     ``invalid`` (characters other than decimal digits, ``+ - * /``, parentheses and spaces; unparsable;
     a number not available; ``= R`` with ``R`` other than the target); ``no_answer``."""
+    return evaluate(completion, numbers, target)[0]
+
+
+def evaluate(completion: str, numbers: list[int], target: int) -> tuple[Verdict, Fraction | None]:
+    """:func:`verify`'s verdict and the answer's exact value: ``None`` unless the verdict is ``correct`` or
+    ``wrong`` (``None`` there too when the answer divides by zero)."""
     answer = extract_answer(completion)
     if answer is None:
-        return "no_answer"
+        return "no_answer", None
     if len(answer) > MAX_ANSWER_CHARS:
-        return "invalid"
+        return "invalid", None
     expression, *rest = answer.split("=")                               # accept "expr = target" too
     if len(rest) > 1 or (rest and rest[0].strip() != str(target)) or not ARITHMETIC.fullmatch(expression):
-        return "invalid"
+        return "invalid", None
     try:
         tree = ast.parse(expression.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return "invalid"
+        return "invalid", None
     nodes = list(ast.walk(tree.body))
     if len(nodes) > MAX_NODES:
-        return "invalid"
+        return "invalid", None
     used = [n.value for n in nodes if isinstance(n, ast.Constant)]
     available = list(numbers)
     for value in used:
         if value not in available:
-            return "invalid"
+            return "invalid", None
         available.remove(value)
     try:
         value = _evaluate(tree.body)
     except _Invalid:
-        return "invalid"
+        return "invalid", None
     except ZeroDivisionError:
-        return "wrong"
-    return "correct" if value == target else "wrong"
+        return "wrong", None
+    return ("correct" if value == target else "wrong"), value
