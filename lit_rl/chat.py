@@ -58,17 +58,17 @@ PLACEHOLDER = [{"role": "user", "content": "x"}, {"role": "assistant", "content"
 
 def observation_ids(tokenizer: Any, messages: list[dict[str, Any]], eos_ids: list[int],
                     chat_template_kwargs: dict[str, Any] | None = None) -> list[int]:
-    """The token ids a chat template adds after a finished assistant turn for ``messages`` (a user turn, tool
+    """The token ids a chat template adds after an assistant turn's text for ``messages`` (a user turn, tool
     results), up to and including the next assistant turn's header: the template renders a placeholder
-    conversation with and without them, and the ids after the placeholder's assistant turn (up to its last EOS
-    token, where the model's own turn ends) are the observation's. The model's own tokens are never rendered
-    again (TRL's and veRL's agent loops do the same)."""
+    conversation with and without them, and the ids from the placeholder's end-of-turn token (its last EOS) on
+    are the observation's, that token first; a template that ends no turn with an EOS gives the ids after the
+    placeholder. The model's own tokens are never rendered again (TRL's and veRL's agent loops do the same)."""
     kwargs = chat_template_kwargs or {}
     prefix = tokenizer.apply_chat_template(PLACEHOLDER, tokenize=False, **kwargs)
     full = tokenizer.apply_chat_template(PLACEHOLDER + messages, tokenize=False, add_generation_prompt=True, **kwargs)
     prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
     full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-    ends = [i + 1 for i, t in enumerate(prefix_ids) if t in eos_ids]
+    ends = [i for i, t in enumerate(prefix_ids) if t in eos_ids]
     cut = ends[-1] if ends else len(prefix_ids)                         # a template with no end-of-turn token
     if full_ids[:cut] != prefix_ids[:cut]:
         raise ValueError("the chat template renders an observation by changing the conversation before it (the "

@@ -152,8 +152,8 @@ class MultiTurn(Collector):
         e.turns += messages
 
     def observation_ids(self, sampler: Sampler, e: Episode, messages: Messages) -> list[int]:
-        """The observation's tokens: the chat template's suffix for ``messages`` after an assistant turn, with an
-        end-of-turn token first if the model's turn stopped without one; a plain-text run's text as is."""
+        """The observation's tokens: the chat template's suffix for ``messages`` after an assistant turn, its
+        end-of-turn token first unless the model's turn already ended with it; a plain-text run's text as is."""
         tokenizer = sampler.policy.tokenizer
         if not uses_template(tokenizer, e.prompt, sampler.chat.get("chat_template", "auto")):
             if any(m.get("role") != "user" for m in messages):
@@ -163,7 +163,7 @@ class MultiTurn(Collector):
             return sampler.policy.tokenize("".join(m["content"] for m in messages))
         eos = eos_token_ids(sampler.policy.model, tokenizer)
         ids = observation_ids(tokenizer, messages, eos, sampler.chat.get("chat_template_kwargs"))
-        return ids if not e.ids or e.ids[-1] in eos else [eos[0], *ids]
+        return ids[1:] if ids and ids[0] in eos and e.ids and e.ids[-1] in eos else ids
 
     def call(self, e: Episode, method: str, *args: Any, turn: int = 0) -> Any:
         """The environment's ``reset`` or ``step``, an exception named with the episode it came from."""
