@@ -13,8 +13,10 @@ from lightning.pytorch import Trainer
 from torch.testing import assert_close
 
 from lit_rl import (
-    GRPO, RLOO, CountdownData, HFEngine, LoraSettings, ReMax, RewardFunction, RolloutRefresh, Sampling, Score, VLLMEngine,
+    GRPO, RLOO, CountdownData, CountdownFeedback, HFEngine, LoraSettings, MultiTurn, ReMax, RewardFunction, RolloutRefresh,
+    Sampling, Score, VLLMEngine,
 )
+from lit_rl.collect import Sampler
 from lit_rl.tasks.countdown import CountdownReward
 from lit_rl.policy import Policy
 
@@ -91,6 +93,23 @@ def test_vllm_sampled_token_logps_match_the_trainers(engine):
     assert_close(gen.logps, trainer_logps.detach() * gen.completion_mask, rtol=0, atol=1e-4)
     assert (gen.logps <= 0).all() and gen.logps.min() < -0.5           # real log-probs, not zeros
     assert gen.logps[gen.completion_mask == 0].abs().sum() == 0
+
+
+def test_a_multi_turn_episode_has_the_same_tokens_and_masks_on_vllm_and_hf(engine):
+    """Greedy Countdown-with-feedback episodes of up to 3 turns: both engines give the same model tokens, the
+    same observations between them and the same attention and loss masks; vLLM also gives each model token's
+    log-prob, 0 at the environment's tokens."""
+    policy = Policy.load(MODEL)
+    engine.bind(policy.model, policy.tokenizer)
+    hf = HFEngine()
+    hf.bind(policy.model, policy.tokenizer)
+    metas = [{"numbers": [1, 2, 3], "target": 6}, {"numbers": [4, 5], "target": 9}, {"numbers": [7, 2], "target": 14}]
+    collector, greedy_turn = MultiTurn(CountdownFeedback(), max_turns=3, max_tokens=60), Sampling(0.0, max_new_tokens=16)
+    vllm, hf = (collector.collect(Sampler(policy, e), PROMPTS, metas, greedy_turn) for e in (engine, hf))
+    assert torch.equal(vllm.completion_mask, hf.completion_mask) and torch.equal(vllm.loss_mask, hf.loss_mask)
+    assert torch.equal(vllm.completion_ids * vllm.completion_mask, hf.completion_ids * hf.completion_mask)
+    assert vllm.turns == hf.turns and any(len(t) > 1 for t in hf.turns)         # some episode had a second turn
+    assert (vllm.behaviour_logps[vllm.loss_mask == 0] == 0).all() and vllm.behaviour_logps.min() < 0
 
 
 def test_lora_policy_syncs_merged_weights(engine):
