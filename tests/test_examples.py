@@ -1,5 +1,6 @@
-"""The three cases of README "Writing a new algorithm", as written there: a new advantage, a new per-token loss
-that reads more of the forward than log-probs, and a sequence-level loss. Each trains on the tiny model."""
+"""The README's examples as written there: the three cases of "Writing a new algorithm" (a new advantage, a new
+per-token loss that reads more of the forward than log-probs, a sequence-level loss), and the environment and the
+tool of "Multi-turn and tools". Each trains or runs on the tiny model."""
 
 import re
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Trainer
 
-from lit_rl import CountdownData, CountdownReward, Sampling
+from lit_rl import GRPO, CountdownData, CountdownReward, MultiTurn, Sampling, Tools
 
 from conftest import fit
 
@@ -43,3 +44,28 @@ def test_a_new_per_token_loss_with_an_entropy_bonus(tiny_model_dir):
 def test_a_sequence_level_loss(tiny_model_dir):
     trainer = train(examples()["SequenceReinforce"], model=tiny_model_dir)
     assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def multiturn_examples() -> dict[str, object]:
+    """Run each ```python block of the README's "Multi-turn and tools" section; what it defines by name."""
+    section = README.read_text().split("## Multi-turn and tools", 1)[1].split("\n## ", 1)[0]
+    namespace: dict = {}
+    for block in re.findall(r"```python\n(.*?)```", section, re.S):
+        exec(compile(block, str(README), "exec"), namespace)
+    return namespace
+
+
+def test_the_readme_environment_trains_a_model(tiny_model_dir):
+    environment = multiturn_examples()["GuessTheTarget"]()
+    module = GRPO(model=tiny_model_dir, group_size=2, sampling=Sampling(temperature=1.0, max_new_tokens=8),
+                  collector=MultiTurn(environment, max_turns=3))
+    torch.manual_seed(0)
+    trainer = fit(module, CountdownData(batch_size=2, train_size=16, val_size=4), 2)
+    assert trainer.global_step == 2 and trainer.callback_metrics["rollout/turns_mean"] > 1
+
+
+def test_the_readme_tool_is_one_function():
+    tools = Tools([multiturn_examples()["word_length"]])
+    assert tools.tools()[0]["function"]["name"] == "word_length"
+    step = tools.step('<tool_call>{"name": "word_length", "arguments": {"word": "agent"}}</tool_call>')
+    assert step.observation == [{"role": "tool", "name": "word_length", "content": "5"}]

@@ -5,12 +5,13 @@ import random
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.testing import assert_close
 
 from lit_rl.tasks.countdown import CountdownReward
-from lit_rl import GRPO, PPO, REINFORCE, RLOO, SFT, CountdownData, GroupAdvantage, ReMax, RewardFunction, RolloutRefresh, Score
+from lit_rl import (GRPO, PPO, REINFORCE, RLOO, SFT, CompletionLog, CountdownData, GroupAdvantage, ReMax, RewardFunction,
+                    RolloutRefresh, Score)
 from lit_rl.data import ResumableBatches
 from lit_rl.modules.base import RLModule
 from lit_rl.objectives import LeaveOneOut, grpo_advantages, rloo_advantages, zero_std_groups
@@ -173,25 +174,25 @@ def test_resume_restores_module_and_callback_state(tiny_model_dir, tmp_path):
     fit(module, 2, tmp_path, callbacks=[checkpoint, RolloutRefresh(every_n_steps=2)], limit_val_batches=0)
     ema = module.reward_ema.clone()
     resumed = REINFORCE(model=tiny_model_dir, reward=CountdownReward(), sampling=SAMPLING, val_sampling=VAL)
-    refresh = RolloutRefresh(every_n_steps=2)
     seen = {}
 
-    class Probe(RolloutRefresh):                                        # reads state at the first resumed batch
+    class Probe(Callback):                                              # reads state at the first resumed batch
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             seen.setdefault("ema", pl_module.reward_ema.clone())
-            seen.setdefault("synced", refresh.last_synced_step)
+            seen.setdefault("synced", pl_module.synced_step)
 
-    trainer = fit(resumed, 3, tmp_path, callbacks=[ModelCheckpoint(dirpath=tmp_path / "2"), refresh, Probe()],
+    trainer = fit(resumed, 3, tmp_path, callbacks=[ModelCheckpoint(dirpath=tmp_path / "2"), RolloutRefresh(2), Probe()],
                   ckpt_path=str(tmp_path / "last.ckpt"), limit_val_batches=0)
     assert trainer.global_step == 3 and int(resumed.reward_ema_steps) == 3
     assert_close(seen["ema"], ema) and seen["synced"] == 2
 
 
-def test_module_callbacks_do_not_override_the_users(tiny_model_dir):
+def test_module_callbacks_do_not_override_the_users_and_an_old_refresh_callback_sets_the_module(tiny_model_dir):
     module = RLOO(model=tiny_model_dir, reward=CountdownReward(), group_size=2, sampling=SAMPLING, val_sampling=VAL)
-    trainer = fit(module, 1, callbacks=[RolloutRefresh(every_n_steps=7)], limit_val_batches=0)
-    refreshes = [c for c in trainer.callbacks if isinstance(c, RolloutRefresh)]
-    assert [c.every_n_steps for c in refreshes] == [7]
+    trainer = fit(module, 1, callbacks=[RolloutRefresh(every_n_steps=7), CompletionLog(per_step=1)],
+                  limit_val_batches=0)
+    assert [c.per_step for c in trainer.callbacks if isinstance(c, CompletionLog)] == [1]
+    assert module.sync_every_n_steps == 7 and module.synced_step == 0       # synced on start, not after step 1
 
 
 def test_an_advantage_estimator_replaces_the_algorithms_and_the_old_callback_sets_it(tiny_model_dir):

@@ -97,8 +97,8 @@ def test_vllm_sampled_token_logps_match_the_trainers(engine):
 
 def test_a_multi_turn_episode_has_the_same_tokens_and_masks_on_vllm_and_hf(engine):
     """Greedy Countdown-with-feedback episodes of up to 3 turns: both engines give the same model tokens, the
-    same observations between them and the same attention and loss masks; vLLM also gives each model token's
-    log-prob, 0 at the environment's tokens."""
+    same observations between them and the same attention and loss masks. Sampled, vLLM's log-prob of each model
+    token equals the trainer's over the whole episode, and the environment's tokens carry none."""
     policy = Policy.load(MODEL)
     engine.bind(policy.model, policy.tokenizer)
     hf = HFEngine()
@@ -109,7 +109,13 @@ def test_a_multi_turn_episode_has_the_same_tokens_and_masks_on_vllm_and_hf(engin
     assert torch.equal(vllm.completion_mask, hf.completion_mask) and torch.equal(vllm.loss_mask, hf.loss_mask)
     assert torch.equal(vllm.completion_ids * vllm.completion_mask, hf.completion_ids * hf.completion_mask)
     assert vllm.turns == hf.turns and any(len(t) > 1 for t in hf.turns)         # some episode had a second turn
-    assert (vllm.behaviour_logps[vllm.loss_mask == 0] == 0).all() and vllm.behaviour_logps.min() < 0
+    sampled = collector.collect(Sampler(policy, engine), PROMPTS, metas, Sampling(0.7, max_new_tokens=16), n=2)
+    trained = sampled.loss_mask.bool()
+    assert (~trained & sampled.completion_mask.bool()).any()            # an observation was appended
+    trainer = policy.logps(sampled.prompt_ids, sampled.prompt_mask, sampled.completion_ids, sampled.completion_mask,
+                           temperature=0.7)[0].detach()
+    assert_close(sampled.behaviour_logps[trained], trainer[trained], rtol=0, atol=1e-4)   # kernel rounding, float32
+    assert (sampled.behaviour_logps[~trained] == 0).all() and sampled.behaviour_logps.min() < -0.5
 
 
 def test_lora_policy_syncs_merged_weights(engine):

@@ -15,7 +15,8 @@ from lit_rl.rollout import RolloutBatch
 
 class CompletionLog(RolloutCallback):
     """Appends the first ``per_step`` samples of every rollout to ``<run dir>/completions.jsonl`` (one JSON
-    object a line: ``step``, ``prompt``, ``completion``, ``reward``, ``correct``, ``components``, ``advantage``)
+    object a line: ``step``, ``prompt``, ``completion``, ``reward``, ``correct``, ``components``, ``advantage``, and
+    for multi-turn episodes ``turns``, the model's turns and the environment's answers as messages)
     and shows them as a TensorBoard text summary. A prompt or completion longer than ``max_chars`` is cut to its
     last ``max_chars`` characters behind a ``[... N characters cut]`` marker, so long prompts cannot grow the log
     by megabytes a step. A resumed run first keeps only the lines of the steps before the checkpoint (from the

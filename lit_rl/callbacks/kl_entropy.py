@@ -8,10 +8,12 @@ KEYS = {"kl": "train/kl", "entropy": "train/entropy", "clipped": "train/clip_fra
 
 
 class KLEntropyTracker(Callback):
-    """Logs token-weighted KL to the reference, policy entropy and clip fraction of each training step,
-    and their running means over the epoch (``*_epoch``) through TorchMetrics (synchronised across ranks).
+    """Logs the running means over the epoch (``train/kl_epoch``, ``train/entropy_epoch``,
+    ``train/clip_frac_epoch``) of the KL, entropy and clip fraction the module logs each step, token-weighted
+    through TorchMetrics (synchronised across ranks).
 
-    Reads the token sums an ``RLModule`` training step returns; shipped by ``RLModule.configure_callbacks``.
+    Reads the token sums an ``RLModule`` training step returns (Lightning hands them to ``on_train_batch_end``);
+    the per-step values are the module's own. Shipped by ``RLModule.configure_callbacks``.
     Stateful: the running means go into checkpoints, so a resumed run's ``*_epoch`` values cover the whole
     epoch, not only the steps after the resume.
     """
@@ -31,11 +33,10 @@ class KLEntropyTracker(Callback):
         if not outputs or "tokens" not in outputs:
             return
         tokens = outputs["tokens"].clamp(min=1)
-        for key, name in KEYS.items():
+        for key in KEYS:
             if key in outputs:
                 value = outputs[key] / tokens
                 self.metrics[key].to(value.device).update(value, weight=tokens)
-                pl_module.log(name, value, batch_size=int(tokens))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         for key, metric in self.metrics.items():

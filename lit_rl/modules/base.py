@@ -1,8 +1,9 @@
 """The one training loop.
 
-``PolicyModule`` owns the policy, its optimizer, generation and held-out validation; SFT and every RL
-algorithm subclass it. ``RLModule`` adds the on-policy loop: sample ``G`` completions per prompt, score them,
-compute log-probs of the old policy and the reference, advantages (the algorithm's), then one or more
+``PolicyModule`` owns the policy, its optimizer, its rollout engine and held-out validation; SFT and every RL
+algorithm subclass it. Samples come from its collector (``lit_rl.collect``: single turn, or multi-turn episodes),
+never from the module itself. ``RLModule`` adds the on-policy loop: ``G`` scored samples per prompt from the
+collector, log-probs of the old policy and the reference, advantages (the algorithm's), then one or more
 optimizer steps over micro-batches with a global normaliser. An algorithm overrides :meth:`RLModule.advantages`
 and/or :meth:`RLModule.policy_loss`, nothing else.
 """
@@ -77,6 +78,9 @@ def check_finite_weights(module: LightningModule, optimizer: Any, step: int) -> 
             f"the optimizer's settings, e.g. its learning rate)")
 
 
+STEP_STATS = {"kl": "train/kl", "entropy": "train/entropy", "clipped": "train/clip_frac"}   # token sums -> metrics
+
+
 def gold_metrics(rollout: RolloutBatch) -> dict[str, Tensor]:
     """``reward_mean`` and (when the gold reward judges correctness) ``accuracy`` of the gold reward."""
     if rollout.gold_scores is None:
@@ -88,7 +92,7 @@ def gold_metrics(rollout: RolloutBatch) -> dict[str, Tensor]:
 
 
 class PolicyModule(LightningModule):
-    """Policy, optimizer, sampling and held-out validation shared by every lit-rl module."""
+    """Policy, optimizer, rollout engine, collector and held-out validation shared by every lit-rl module."""
 
     def __init__(
         self,
@@ -108,6 +112,7 @@ class PolicyModule(LightningModule):
         chat_template_kwargs: dict[str, Any] | None = None,
         gold_reward: RewardFunction | None = None,
         collector: Collector | None = None,
+        sync_every_n_steps: int = 1,
     ) -> None:
         """
         Args:
@@ -139,6 +144,9 @@ class PolicyModule(LightningModule):
                 ``gold/accuracy`` on rollouts, ``val/gold_reward_mean``, ``val/gold_accuracy`` held out).
             collector: what an episode is (``lit_rl.collect``): ``SingleTurn`` (the default: one completion per
                 sample) or ``lit_rl.MultiTurn`` (an environment or tools answer between the model's turns).
+            sync_every_n_steps: push the policy's weights to an engine that keeps its own copy (vLLM) every this
+                many optimizer steps (1: every step, so samples are on-policy), on start, and before validation
+                when they changed; a no-op for ``HFEngine``, which samples from the training model itself.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["reward", "gold_reward", "optimizer", "lr_scheduler", "engine", "collector",
@@ -150,6 +158,9 @@ class PolicyModule(LightningModule):
         self.engine.bind(self.policy.model, self.policy.tokenizer)
         if val_samples < 1:
             raise ValueError(f"val_samples must be >= 1 (got {val_samples})")
+        if sync_every_n_steps < 1:
+            raise ValueError(f"sync_every_n_steps must be >= 1 (got {sync_every_n_steps})")
+        self.sync_every_n_steps, self.synced_step = sync_every_n_steps, 0
         if val_samples > 1 and val_sampling.temperature == 0:
             raise ValueError(f"val_samples={val_samples} needs sampled validation, but val_sampling.temperature is 0 "
                              f"(greedy): the {val_samples} completions of a prompt would all be the same one; set "
@@ -223,11 +234,29 @@ class PolicyModule(LightningModule):
         """Ship the callbacks the module relies on, unless the trainer already has one of the same type."""
         return [] if any(isinstance(c, SafeCheckpoints) for c in self.trainer.callbacks) else [SafeCheckpoints()]
 
+    # ------------------------------------------------------------------ the engine follows the policy
+    def sync_engine(self) -> None:
+        """Push the policy's weights to the rollout engine (a no-op for ``HFEngine``)."""
+        self.engine.sync_weights(self.policy.model)
+        self.synced_step = self.global_step
+
+    def on_train_start(self) -> None:
+        self.sync_engine()                                              # a resumed run starts in sync
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.global_step - self.synced_step >= self.sync_every_n_steps:
+            self.sync_engine()
+
+    def on_validation_start(self) -> None:
+        if self.global_step != self.synced_step:                        # validate the policy, not a stale copy
+            self.sync_engine()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Sampling draws from these generators: saving them makes a resumed run draw what the original would have.
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
                                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         checkpoint[MODULE_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["engine_synced_step"] = self.synced_step
         # A reward's own state (RewardModel's running normalisation) lives outside the module tree: save it here.
         if callable(state := getattr(self.reward_fn, "state_dict", None)) and (reward_state := state()):
             checkpoint["reward_state"] = reward_state
@@ -240,6 +269,8 @@ class PolicyModule(LightningModule):
                 raise ResumeMismatch(f"cannot resume from this checkpoint: {reason}")
         if "reward_state" in checkpoint:
             self.reward_fn.load_state_dict(checkpoint["reward_state"])
+        refresh = [s for key, s in checkpoint.get("callbacks", {}).items() if key.startswith("RolloutRefresh")]
+        self.synced_step = checkpoint.get("engine_synced_step", refresh[0]["last_synced_step"] if refresh else 0)
         if states := checkpoint.get("rng_states"):
             torch.set_rng_state(states["torch"])
             random.setstate(states["python"])
@@ -547,8 +578,18 @@ class RLModule(PolicyModule):
             order = torch.randperm(len(rollout)) if self.mini_batches > 1 else torch.arange(len(rollout))
             for index in order.chunk(self.mini_batches):
                 self.optimize(rollout.select(index), stats)
-        self.log_phases()
+        self.log_step(stats)
         return stats
+
+    def log_step(self, stats: dict[str, Tensor]) -> None:
+        """The step's token-weighted ``train/kl``, ``train/entropy`` and ``train/clip_frac`` (those it has) and
+        where its time went. ``stats`` holds token sums (``tokens``: the trained tokens); ``training_step`` also
+        returns them, so a callback (``KLEntropyTracker``'s epoch means) can weight them."""
+        if "tokens" in stats:
+            tokens = stats["tokens"].clamp(min=1)
+            self.log_dict({name: stats[key] / tokens for key, name in STEP_STATS.items() if key in stats},
+                          batch_size=int(tokens))
+        self.log_phases()
 
     def normalisers(self, batch: RolloutBatch) -> dict[str, Any]:
         """The global normalisers of one optimizer step's batch, shared by all its micro-batches. Under data
@@ -611,15 +652,20 @@ class RLModule(PolicyModule):
             if not values.isnan().all():
                 metrics[f"reward/{name}_mean"] = values.nanmean()
         metrics.update({f"gold/{k}": v for k, v in gold_metrics(rollout).items()})
+        if rollout.truncated is not None:                               # multi-turn episodes
+            metrics["rollout/truncated_frac"] = rollout.truncated.float().mean()
+            metrics["rollout/turns_mean"] = torch.tensor([sum(m["role"] == "assistant" for m in t)
+                                                          for t in rollout.turns], dtype=torch.float32).mean()
+            metrics["rollout/episode_length"] = rollout.completion_mask.sum(-1).float().mean()
         if rollout.group_size > 1:
             metrics["rollout/frac_zero_std_groups"] = zero_std_groups(scores, rollout.group_size).float().mean()
         self.log_dict(metrics, batch_size=size)
 
     def configure_callbacks(self) -> list:
         """Ship the callbacks the loop relies on, unless the trainer already has one of the same type."""
-        from lit_rl.callbacks import CompletionLog, KLEntropyTracker, RolloutRefresh
+        from lit_rl.callbacks import CompletionLog, KLEntropyTracker
 
         present = {type(c) for c in self.trainer.callbacks}
-        shipped = [c for c in (RolloutRefresh(), KLEntropyTracker(), CompletionLog()) if type(c) not in present]
+        shipped = [c for c in (KLEntropyTracker(), CompletionLog()) if type(c) not in present]
         return super().configure_callbacks() + shipped
 

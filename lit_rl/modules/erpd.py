@@ -121,7 +121,7 @@ class ERPD(RLModule):
                                                    f"teacher{k}", f"step{schedule.stage_step}"))
         self.log_dict({"erpd/stage": float(STAGE_CODES[kind]), "erpd/iteration": float(schedule.iteration),
                        "erpd/teacher": float(k)}, batch_size=1)
-        self.log_phases()
+        self.log_step(stats)
         return stats
 
     def begin_iteration(self, batch: dict[str, list]) -> None:
