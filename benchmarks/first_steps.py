@@ -39,10 +39,10 @@ def small(config: dict) -> dict:
             init[key] = {**init[key], "max_new_tokens": 16}
     data = config["data"]["init_args"]
     data["batch_size"] = 2
-    if "teachers" in init:                                  # ERPD: 2 prompts x G samples, short stages
+    if "teachers" in init:                                  # ERPD: 2 prompts x G samples, 2 rows a teacher step
         init.update(student_steps=1, student_mini_batch_size=2 * init.get("group_size", 8), eval_size=4)
         for teacher in init["teachers"]:
-            teacher.update(epochs=1, mini_batch_size=2 * init.get("group_size", 8))
+            teacher.update(epochs=1, mini_batch_size=2)
     return config
 
 
@@ -54,9 +54,11 @@ def first_steps(name: str, steps: int, root: Path) -> list[dict[str, str]]:
         path = Path(work, f"{name}.yaml")
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
-        subprocess.run([sys.executable, "-m", "lit_rl.cli", "fit", "--config", str(path), "--summary", "false",
-                        "--trainer.max_steps", str(steps), "--trainer.default_root_dir", work], check=True, cwd=root,
-                       env=env, capture_output=True)
+        run = subprocess.run([sys.executable, "-m", "lit_rl.cli", "fit", "--config", str(path), "--summary", "false",
+                              "--trainer.max_steps", str(steps), "--trainer.default_root_dir", work], cwd=root,
+                             env=env, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(f"{name}: lit-rl fit failed ({run.returncode}):\n{run.stderr[-3000:]}")
         (metrics,) = Path(work).glob("*/*/metrics.csv")
         with metrics.open(newline="") as f:
             return [{k: v for k, v in row.items() if v != "" and not is_wall_clock(k)} for row in csv.DictReader(f)]

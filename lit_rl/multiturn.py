@@ -143,6 +143,10 @@ class MultiTurn(Collector):
             e.done = True
             return
         messages = [{"role": "user", "content": step.observation}] if isinstance(step.observation, str) else step.observation
+        if not isinstance(messages, list) or not all(isinstance(m, dict) and isinstance(m.get("role"), str) and
+                                                     isinstance(m.get("content"), str) for m in messages):
+            raise TypeError(f"{type(e.environment).__name__}.step returned the observation {step.observation!r:.200}; "
+                            f"it must be text or a list of chat messages ({{'role': ..., 'content': text}})")
         ids = self.observation_ids(sampler, e, messages)
         if len(e.ids) + len(ids) + 1 > e.limit:                         # no room for it and a model turn
             e.done = e.truncated = True

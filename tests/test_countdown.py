@@ -295,7 +295,7 @@ def test_reward_fixture_completions_have_the_intended_verdicts():
 @pytest.mark.parametrize("scheme", list(REWARD_TABLE))
 @pytest.mark.parametrize("verdict", list(COMPLETIONS))
 def test_reward_table(scheme, verdict):
-    """Each scheme's reward for each verdict (ALGORITHMS.md, Countdown); `correct` is set only for a correct answer."""
+    """Each scheme's reward for each verdict (the Countdown study, sec. 3.3); `correct` is set only for a correct answer."""
     score = CountdownReward(scheme)(COMPLETIONS[verdict], META)
     assert isinstance(score, Score)
     assert abs(score.reward - REWARD_TABLE[scheme][verdict]) <= 1e-12

@@ -15,9 +15,9 @@ from conftest import fit
 README = Path(__file__).parents[1] / "README.md"
 
 
-def examples() -> dict[str, dict]:
-    """Run each ```python block of the README's "Writing a new algorithm" section; its classes by name."""
-    section = README.read_text().split("## Writing a new algorithm", 1)[1].split("\n## ", 1)[0]
+def examples(title: str = "Writing a new algorithm") -> dict[str, object]:
+    """Run each ```python block of the README's section ``title``; what the blocks define, by name."""
+    section = README.read_text().split(f"## {title}", 1)[1].split("\n## ", 1)[0]
     namespace: dict = {}
     for block in re.findall(r"```python\n(.*?)```", section, re.S):
         exec(compile(block, str(README), "exec"), namespace)
@@ -46,17 +46,8 @@ def test_a_sequence_level_loss(tiny_model_dir):
     assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
 
 
-def multiturn_examples() -> dict[str, object]:
-    """Run each ```python block of the README's "Multi-turn and tools" section; what it defines by name."""
-    section = README.read_text().split("## Multi-turn and tools", 1)[1].split("\n## ", 1)[0]
-    namespace: dict = {}
-    for block in re.findall(r"```python\n(.*?)```", section, re.S):
-        exec(compile(block, str(README), "exec"), namespace)
-    return namespace
-
-
 def test_the_readme_environment_trains_a_model(tiny_model_dir):
-    environment = multiturn_examples()["GuessTheTarget"]()
+    environment = examples("Multi-turn and tools")["GuessTheTarget"]()
     module = GRPO(model=tiny_model_dir, group_size=2, sampling=Sampling(temperature=1.0, max_new_tokens=8),
                   collector=MultiTurn(environment, max_turns=3))
     torch.manual_seed(0)
@@ -65,7 +56,7 @@ def test_the_readme_environment_trains_a_model(tiny_model_dir):
 
 
 def test_the_readme_tool_is_one_function():
-    tools = Tools([multiturn_examples()["word_length"]])
+    tools = Tools([examples("Multi-turn and tools")["word_length"]])
     assert tools.tools()[0]["function"]["name"] == "word_length"
     step = tools.step('<tool_call>{"name": "word_length", "arguments": {"word": "agent"}}</tool_call>')
     assert step.observation == [{"role": "tool", "name": "word_length", "content": "5"}]

@@ -109,6 +109,11 @@ class Raising(Environment):
         raise KeyError("no such state")
 
 
+class Malformed(Environment):
+    def step(self, completion):
+        return EnvStep(observation=[{"role": "user", "content": 3}])
+
+
 def test_an_environment_that_raises_is_named_with_its_episode(tiny_model_dir):
     policy = Policy.load(tiny_model_dir)
     engine = HFEngine()
@@ -117,6 +122,8 @@ def test_an_environment_that_raises_is_named_with_its_episode(tiny_model_dir):
     with pytest.raises(RuntimeError, match=r"environment Raising failed at turn 1 of the episode of prompt 'Using.*"
                                            r"KeyError: 'no such state'"):
         MultiTurn(Raising()).collect(Sampler(policy, engine), batch["prompt"], batch["meta"], SAMPLING)
+    with pytest.raises(TypeError, match=r"Malformed.step returned the observation \[\{'role': 'user', 'content': 3\}\]"):
+        MultiTurn(Malformed()).collect(Sampler(policy, engine), batch["prompt"], batch["meta"], SAMPLING)
 
 
 def test_gae_skips_the_tokens_outside_the_mask():

@@ -1,4 +1,4 @@
-"""Loss aggregation: one function, one setting shared by every objective (ALGORITHMS.md)."""
+"""Loss aggregation: one function, one setting shared by every objective (the modes of GRPO, DAPO and Dr. GRPO)."""
 
 from typing import Literal
 

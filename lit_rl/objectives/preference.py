@@ -1,4 +1,5 @@
-"""Pairwise and listwise objectives over sequence log-probs (ALGORITHMS.md, "Pairwise and listwise").
+"""Pairwise and listwise objectives over sequence log-probs: DPO (Rafailov et al. 2023), IPO (Azar et al. 2023),
+REBEL (Gao et al. 2024) and the multi-completion distribution-matching objective.
 
 Rows are prompt-major: ``G`` consecutive rows share a prompt; pairs are rows ``(2k, 2k + 1)`` = (winner, loser).
 ``h(y1, y2) = [L(y1) - L_ref(y1)] - [L(y2) - L_ref(y2)]``.
