@@ -68,7 +68,9 @@ def run(config: str, iterations: int, args: argparse.Namespace, extra: list[str]
             if old != new:
                 print(f"# {config}: teachers[{k}].unlearned_step {old.unlearned_step} -> {new.unlearned_step} "
                       f"(a {stage_length(new, rows)}-step stage on {rows} rows)", flush=True)
-        teachers = json.dumps([dataclasses.asdict(t) for t in scaled])
+        from lit_rl.resume import describe
+
+        teachers = json.dumps([describe(t) for t in scaled])           # the loss value as its class_path and init_args
         cli = LitRLCLI(run=False, args=["--config", str(ROOT / "cli_configs" / config), *overrides,
                                         "--model.init_args.teachers", teachers])
         module = cli.model

@@ -117,6 +117,7 @@ from lit_rl import (  # noqa: E402
     DPO, ERPD, GRPO, PPO, RLOO, CountdownData, CountdownReward, Generation, HFEngine, ReMax, RLModule, RolloutBatch,
     RolloutEngine, Sampling, Teacher,
 )
+from lit_rl.losses import ImplicitRewardCE  # noqa: E402
 from lit_rl.tasks.countdown import ALPHABET, WORDS  # noqa: E402
 from lit_rl.tokenizer import EOS, PAD, PLAIN_TEMPLATE  # noqa: E402
 
@@ -247,7 +248,7 @@ def make_module(algorithm: str, model: str, dtype: str, engine: RolloutEngine, o
                 "sampling": Sampling(temperature=1.0, max_new_tokens=args.length),
                 "optimizer": functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.0), **overrides}
     if algorithm == "erpd":                                             # one teacher step, one student step
-        teacher = Teacher(loss="ce", epochs=1, mini_batch_size=args.prompts * args.group, beta=0.05)
+        teacher = Teacher(loss=ImplicitRewardCE(beta=0.05), epochs=1, mini_batch_size=args.prompts * args.group)
         return ERPD(teachers=[teacher], student_steps=1, eval_size=0, **settings)
     return {"grpo": GRPO, "remax": ReMax, "rloo": RLOO, "ppo": PPO, "dpo": DPO}[algorithm](**settings)
 

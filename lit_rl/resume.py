@@ -115,7 +115,7 @@ def plan_resume(path: str | Path, checkpoint: dict[str, Any], current: dict[str,
         current_model = {"class_path": current_model.get("class_path"),
                          "init_args": {k: v for k, v in (current_model.get("init_args") or {}).items()
                                        if k in saved["model"]["init_args"]}}
-    diffs = differences(saved, {**current, "model": current_model}, keys)
+    diffs = differences(in_current_form(saved), in_current_form({**current, "model": current_model}), keys)
     if diffs:
         run_dir = _run_dir(path)
         hint = f"--config {run_dir / 'config.yaml'}" if run_dir else "its config"
@@ -133,6 +133,27 @@ def plan_resume(path: str | Path, checkpoint: dict[str, Any], current: dict[str,
         carried=(record or {}).get("carried"),
         **({} if record is not None else {"checked": "same algorithm and module settings (a checkpoint of an older "
                                                      "lit-rl records nothing else: data and optimizer are unchecked)"}))
+
+
+def in_current_form(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with its module's settings in today's form (the module class's ``canonical_settings``): a
+    checkpoint written when GRPO's or an ERPD teacher's loss was a string compares equal to the same run
+    configured with the loss value. A class that cannot be imported is left as it is."""
+    import importlib
+
+    model = config.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("class_path"), str) or not isinstance(
+            model.get("init_args"), dict):
+        return config
+    module_path, _, name = model["class_path"].rpartition(".")
+    try:
+        module_class = getattr(importlib.import_module(module_path), name)
+    except (ImportError, AttributeError, ValueError):
+        return config
+    canonical = getattr(module_class, "canonical_settings", None)
+    if canonical is None:
+        return config
+    return {**config, "model": {**model, "init_args": canonical(model["init_args"])}}
 
 
 def _run_dir(checkpoint_path: Path) -> Path | None:
@@ -154,8 +175,9 @@ def module_mismatch(checkpoint: dict[str, Any], module_class: type, hparams: dic
              if k not in ("_class_path", "_instantiator")}
     if saved:
         added = {k.removeprefix("model.init_args."): v for k, v in ADDED_SETTINGS.items()}
-        saved = {**{k: v for k, v in added.items() if k in hparams}, **saved}
-    current = {k: describe(v) for k, v in hparams.items() if k not in ("_class_path", "_instantiator")}
+        saved = module_class.canonical_settings({**{k: v for k, v in added.items() if k in hparams}, **saved})
+    current = module_class.canonical_settings({k: describe(v) for k, v in hparams.items()
+                                               if k not in ("_class_path", "_instantiator")})
     logging = {k.removeprefix("model.init_args.") for k in LOGGING_SETTINGS}
     diffs = [(k, saved.get(k, object()), current.get(k, object())) for k in sorted((set(saved) | set(current)) - logging)
              if saved.get(k, object()) != current.get(k, object())]
@@ -176,7 +198,12 @@ def describe(obj: Any) -> Any:
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: describe(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        settings = {f.name: describe(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        from lit_rl.losses import TokenLoss
+
+        if isinstance(obj, TokenLoss):                                  # chosen by class_path: as configs write it
+            return {"class_path": f"{type(obj).__module__}.{type(obj).__qualname__}", "init_args": settings}
+        return settings
     if isinstance(obj, (list, tuple)):
         return [describe(v) for v in obj]
     if isinstance(obj, dict):

@@ -1,14 +1,20 @@
-"""The README's examples as written there: the three cases of "Writing a new algorithm" (a new advantage, a new
-per-token loss that reads more of the forward than log-probs, a sequence-level loss), and the environment and the
-tool of "Multi-turn and tools". Each trains or runs on the tiny model."""
+"""The README's examples as written there: the cases of "Writing a new algorithm" (a new advantage, a new
+per-token loss as a value with its YAML line, a per-token loss that reads more of the forward than log-probs, a
+sequence-level loss), and the environment and the tool of "Multi-turn and tools". Each trains or runs on the tiny
+model."""
 
+import json
 import re
+import sys
+import types
 from pathlib import Path
 
 import torch
+import yaml
 from lightning.pytorch import Trainer
 
 from lit_rl import GRPO, CountdownData, CountdownReward, MultiTurn, Sampling, Tools
+from lit_rl.cli import LitRLCLI
 
 from conftest import fit
 
@@ -34,6 +40,25 @@ def train(module_class, steps: int = 2, **kwargs) -> Trainer:
 def test_a_new_advantage(tiny_model_dir):
     trainer = train(examples()["CenteredReturn"], model=tiny_model_dir)
     assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_a_new_loss_value_and_its_yaml_line_train_grpo(tiny_model_dir, tmp_path, monkeypatch):
+    """The README's loss class, as ``mypkg.losses`` would hold it, chosen by the README's YAML line: the CLI builds
+    GRPO with it, and it trains GRPO two steps of two passes each (so its ratio moves off 1)."""
+    section = README.read_text().split("## Writing a new algorithm", 1)[1].split("\n## ", 1)[0]
+    (line,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    mypkg, losses = types.ModuleType("mypkg"), types.ModuleType("mypkg.losses")
+    losses.CISPO = mypkg.losses = examples()["CISPO"]
+    monkeypatch.setitem(sys.modules, "mypkg", mypkg)
+    monkeypatch.setitem(sys.modules, "mypkg.losses", losses)
+    loss = yaml.safe_load(line)["loss"]
+    cli = LitRLCLI(run=False, args=["--model", "lit_rl.GRPO", "--model.init_args.model", tiny_model_dir,
+                                    "--model.init_args.loss", json.dumps(loss), "--data", "lit_rl.CountdownData",
+                                    "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])
+    assert cli.model.loss == losses.CISPO(**loss["init_args"])
+    trainer = train(GRPO, steps=4, model=tiny_model_dir, loss=cli.model.loss, num_iterations=2)
+    assert trainer.global_step == 4 and torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert "train/clip_frac" in trainer.callback_metrics
 
 
 def test_a_new_per_token_loss_with_an_entropy_bonus(tiny_model_dir):

@@ -5,7 +5,8 @@ algorithm subclass it. Samples come from its collector (``lit_rl.collect``: sing
 never from the module itself. ``RLModule`` adds the on-policy loop: ``G`` scored samples per prompt from the
 collector, log-probs of the old policy and the reference, advantages (the algorithm's), then one or more
 optimizer steps over micro-batches with a global normaliser. An algorithm overrides :meth:`RLModule.advantages`
-and/or :meth:`RLModule.policy_loss`, nothing else.
+and/or :meth:`RLModule.policy_loss`, nothing else; GRPO, PPO and ERPD's teachers hold their per-token loss as a
+value of ``lit_rl.losses``, which :meth:`RLModule.token_loss` calls.
 """
 
 import random
@@ -176,6 +177,13 @@ class PolicyModule(LightningModule):
 
     def configure_optimizers(self) -> Any:
         return optimizers(self.optimizer_fn, self.lr_scheduler_fn, self.policy.parameters())
+
+    @classmethod
+    def canonical_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        """``settings`` (this module's init args as a dict, from a config or a checkpoint) with those written in
+        an older form rewritten in today's, so that a resume compares like with like (GRPO and ERPD: a loss named
+        by a string, ``lit_rl.losses.LossAliases``). Here: as they are."""
+        return settings
 
     def prompt_fits(self, prompt: Prompt) -> bool:
         """Whether the rendered prompt leaves room for the longest sample this module's collector takes

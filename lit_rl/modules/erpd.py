@@ -9,12 +9,13 @@ import torch
 from torch import Tensor
 
 from lit_rl.distributed import is_deepspeed
+from lit_rl.losses import ClippedSurrogate, PolicyGradient
 from lit_rl.modules.base import RLModule
 from lit_rl.modules.erpd_schedule import ERPDSchedule
-from lit_rl.modules.erpd_teacher import Teacher
+from lit_rl.modules.erpd_teacher import TEACHER_LOSSES, Teacher
 from lit_rl.modules.heads import ValueHead, entropy_with_grad
-from lit_rl.objectives import GroupScale, clipped_policy_loss, deviation_ratio, grpo_advantages, kl_penalty
-from lit_rl.objectives import policy_gradient_loss, ppo_advantages, ppo_returns, whiten
+from lit_rl.objectives import GroupScale, deviation_ratio, grpo_advantages, kl_penalty
+from lit_rl.objectives import ppo_advantages, ppo_returns, whiten
 from lit_rl.objectives.erpd import log_ratio_signal, sample_kl
 from lit_rl.policy import PolicyOutput
 from lit_rl.rollout import RolloutBatch, accuracy
@@ -71,7 +72,7 @@ class ERPD(RLModule):
             student_eps: the clip range of eq. 9. student_kl_coef: KL loss to ``pi_old``.
             student_entropy_coef: entropy bonus weight (Table 6 uses 0.5).
             online_steps: on-policy GRPO steps after each iteration's distillation (0: none).
-            scale: GRPO advantage scaling of the ``grpo``/``sapo`` teachers and the online phase.
+            scale: GRPO advantage scaling of the teachers whose loss needs no values and of the online phase.
             eval_size: held-out prompts evaluated at the end of every stage (``None``: all; 0: none).
             kl_samples: samples per prompt of the fixed batch that estimate ``KL(current || base)``.
             log_kl: log ``train/kl`` (on here: ERPD keeps the base model for ``KL(current || base)`` anyway).
@@ -87,12 +88,20 @@ class ERPD(RLModule):
             raise ValueError(f"student_mini_batch_size must be >= 1 or null (got {student_mini_batch_size})")
         super().__init__(group_size=group_size, log_kl=log_kl, **kwargs)
         self.teachers, self.scale, self.student_lr = teachers, scale, student_lr
-        self.student_eps, self.student_kl_coef, self.student_entropy_coef = student_eps, student_kl_coef, student_entropy_coef
+        self.student_kl_coef, self.student_entropy_coef = student_kl_coef, student_entropy_coef
         self.eval_size, self.kl_samples = eval_size, kl_samples
         self.schedule = ERPDSchedule(teachers, ensemble, student_steps, student_mini_batch_size, online_steps)
         self.policy.enable_reference()                                  # the base model of KL(current || base)
-        self.needs_hidden = any(t.loss == "ppo" for t in teachers)      # a PPO teacher's value head
-        self.value_head = ValueHead(self.policy) if self.needs_hidden else None
+        self.online_loss, self.student_loss = PolicyGradient(), ClippedSurrogate(student_eps, student_eps)
+        self.needs_hidden = any(t.loss.needs_hidden for t in teachers)  # a value head reads the hidden state
+        self.value_head = ValueHead(self.policy) if any(t.loss.needs_values for t in teachers) else None
+
+    @classmethod
+    def canonical_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        teachers = settings.get("teachers")
+        if not isinstance(teachers, list):
+            return settings
+        return {**settings, "teachers": [TEACHER_LOSSES.canonical(t) if isinstance(t, dict) else t for t in teachers]}
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -144,7 +153,7 @@ class ERPD(RLModule):
         for group, base in zip(optimizer.param_groups, schedule.base_lrs):
             group["lr"] = lr if lr is not None else base
         rollout = schedule.rollout
-        if kind == "teacher" and self.teachers[k].loss == "ppo":       # gamma = lambda = 1 (sec. 4.1)
+        if kind == "teacher" and self.teachers[k].loss.needs_values:   # GAE, gamma = lambda = 1 (sec. 4.1)
             values = self._rowwise(rollout, lambda *a: self.value_head.values(self.policy, *a))
             schedule.rollout = replace(rollout, values=values, returns=ppo_returns(rollout.rewards, values, rollout.loss_mask),
                                        advantages=ppo_advantages(rollout.rewards, values, rollout.loss_mask,
@@ -223,15 +232,15 @@ class ERPD(RLModule):
 
     def token_loss(self, output: PolicyOutput, batch: RolloutBatch) -> tuple[Tensor, Tensor | None]:
         kind, k = self.schedule.stage
-        logps = output.logps
         if kind == "online":
-            return policy_gradient_loss(logps, batch.advantages), None
+            return self.online_loss(output, batch)
         if kind == "teacher":
-            values = self.value_head(output) if self.teachers[k].loss == "ppo" else None     # [b, C]
-            return self.teachers[k].token_loss(logps, batch, values, self.kl_estimator)
-        loss, clipped = clipped_policy_loss(logps, batch.old_logps, batch.advantages, self.student_eps, self.student_eps)
+            teacher = self.teachers[k]
+            values = self.value_head(output) if teacher.loss.needs_values else None          # [b, C]
+            return teacher.token_loss(output, batch, values, self.kl_estimator)
+        loss, clipped = self.student_loss(output, batch)                # eq. 9, then KL to pi_old and entropy bonus
         if self.student_kl_coef > 0:
-            loss = loss + self.student_kl_coef * kl_penalty(logps, batch.old_logps, self.kl_estimator)
+            loss = loss + self.student_kl_coef * kl_penalty(output.logps, batch.old_logps, self.kl_estimator)
         if self.student_entropy_coef > 0:
             loss = loss - self.student_entropy_coef * entropy_with_grad(output.logits, self.sampling.logit_temperature)
         return loss, clipped

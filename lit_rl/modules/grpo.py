@@ -5,9 +5,15 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from lit_rl.losses import SAPO, ClippedSurrogate, LossAliases, TokenLoss
 from lit_rl.modules.base import RLModule
-from lit_rl.objectives import GroupScale, clipped_policy_loss, grpo_advantages, sapo_loss, zero_std_groups
+from lit_rl.objectives import GroupScale, grpo_advantages, zero_std_groups
+from lit_rl.policy import PolicyOutput
 from lit_rl.rollout import RolloutBatch
+
+# The clip's settings flat on the module (no loss given), and the old string form (deprecated).
+GRPO_LOSSES = LossAliases(names={"clip": ClippedSurrogate, "sapo": SAPO}, default="clip",
+                          flat={"eps_low": 0.2, "eps_high": 0.2, "dual_clip": None, "tau_pos": 1.0, "tau_neg": 1.05})
 
 
 class GRPO(RLModule):
@@ -15,8 +21,9 @@ class GRPO(RLModule):
     (Shao et al. 2024, eq. 3), with ``beta * k3`` to the reference in the loss.
 
     Options beyond the paper: clip-higher (``eps_high``, DAPO), dual clip, ``scale="none"`` (Dr. GRPO),
-    ``num_iterations`` passes over ``mini_batches`` of one rollout against stored old log-probs, and
-    dynamic sampling; ``loss: sapo`` replaces the clip by SAPO's soft gate (Gao et al. 2025). Departure (dynamic sampling): DAPO refills with *new* prompts; lit-rl re-samples the
+    ``num_iterations`` passes over ``mini_batches`` of one rollout against stored old log-probs, dynamic
+    sampling, and any other per-token loss as a value (``loss: {class_path: lit_rl.losses.SAPO}`` is SAPO's soft
+    gate, Gao et al. 2025). Departure (dynamic sampling): DAPO refills with *new* prompts; lit-rl re-samples the
     dropped groups' own prompts, so the batch keeps its prompts and the data loader stays one batch per step.
     """
 
@@ -25,44 +32,53 @@ class GRPO(RLModule):
         *,
         group_size: int = 4,
         scale: GroupScale = "group",
-        eps_low: float = 0.2,
-        eps_high: float = 0.2,
+        loss: TokenLoss | Literal["clip", "sapo"] | None = None,
+        eps_low: float | None = None,
+        eps_high: float | None = None,
         dual_clip: float | None = None,
         kl_coef: float = 0.04,
         dynamic_sampling: bool = False,
         max_resample_rounds: int = 3,
-        loss: Literal["clip", "sapo"] = "clip",
-        tau_pos: float = 1.0,
-        tau_neg: float = 1.05,
+        tau_pos: float | None = None,
+        tau_neg: float | None = None,
         **kwargs: Any,
     ) -> None:
         """
         Args:
             scale: divide centred rewards by the ``group`` std, the ``batch`` std, or ``none``.
-            eps_low: lower clip ``1 - eps_low``.
-            eps_high: upper clip ``1 + eps_high`` (DAPO's clip-higher uses 0.28).
-            dual_clip: cap the loss of negative-advantage tokens at ``-c A`` (``c`` > 1, e.g. 3).
+            loss: the per-token loss, a ``lit_rl.losses`` value (``ClippedSurrogate``, ``SAPO``, your own);
+                ``None``: the paper's clip, ``ClippedSurrogate(eps_low, eps_high, dual_clip)``. The old names
+                ``clip`` and ``sapo`` (SAPO from ``tau_pos``, ``tau_neg``) still work and are deprecated.
+            eps_low: lower clip ``1 - eps_low`` of the default loss (unset: 0.2).
+            eps_high: upper clip ``1 + eps_high`` of the default loss (unset: 0.2; DAPO's clip-higher uses 0.28).
+            dual_clip: cap the default loss of negative-advantage tokens at ``-c A`` (``c`` > 1, e.g. 3).
             dynamic_sampling: re-sample groups whose rewards are all equal (they carry no signal).
             max_resample_rounds: give up re-sampling after this many rounds and keep what is left.
-            loss: ``clip`` (PPO clip) or ``sapo`` (soft gate ``sigmoid(tau (rho - 1)) * 4 / tau``; no clipping).
-            tau_pos, tau_neg: SAPO's gate temperatures for positive and negative advantages.
+            tau_pos, tau_neg: deprecated, with ``loss: sapo``: SAPO's gate temperatures (unset: 1.0, 1.05).
+
+        ``eps_low``, ``eps_high``, ``dual_clip`` and ``tau_*`` are refused beside a loss value: set them on it.
         """
         if group_size < 2:
             raise ValueError(f"GRPO needs group_size >= 2 samples per prompt (got group_size={group_size})")
+        flat = {"eps_low": eps_low, "eps_high": eps_high, "dual_clip": dual_clip, "tau_pos": tau_pos,
+                "tau_neg": tau_neg}
+        loss = GRPO_LOSSES.resolve(loss, flat, "GRPO")
+        if loss.needs_values:
+            raise ValueError(f"GRPO has no critic, and loss {loss!r} needs a value head's values: use lit_rl.PPO")
         super().__init__(group_size=group_size, kl_coef=kl_coef, **kwargs)
-        self.scale, self.eps_low, self.eps_high, self.dual_clip = scale, eps_low, eps_high, dual_clip
+        self.scale, self.loss = scale, loss
+        self.needs_hidden = loss.needs_hidden
         self.dynamic_sampling, self.max_resample_rounds = dynamic_sampling, max_resample_rounds
-        if loss not in ("clip", "sapo"):
-            raise ValueError(f"GRPO loss must be 'clip' or 'sapo' (got {loss!r})")
-        self.loss, self.tau_pos, self.tau_neg = loss, tau_pos, tau_neg
+
+    @classmethod
+    def canonical_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        return GRPO_LOSSES.canonical(settings)
 
     def advantages(self, rollout: RolloutBatch) -> Tensor:
         return grpo_advantages(rollout.rewards, rollout.group_size, self.scale)
 
-    def policy_loss(self, logps: Tensor, batch: RolloutBatch) -> tuple[Tensor, Tensor | None]:
-        if self.loss == "sapo":
-            return sapo_loss(logps, batch.old_logps, batch.advantages, self.tau_pos, self.tau_neg), None
-        return clipped_policy_loss(logps, batch.old_logps, batch.advantages, self.eps_low, self.eps_high, self.dual_clip)
+    def token_loss(self, output: PolicyOutput, batch: RolloutBatch) -> tuple[Tensor, Tensor | None]:
+        return self.loss(output, batch)
 
     def collect(self, prompts: list, metas: list[dict]) -> RolloutBatch:
         rollout = super().collect(prompts, metas)

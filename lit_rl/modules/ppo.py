@@ -4,9 +4,10 @@ from typing import Any
 
 from torch import Tensor
 
+from lit_rl.losses import PPOClip
 from lit_rl.modules.base import RLModule
 from lit_rl.modules.heads import ValueHead
-from lit_rl.objectives import ppo_advantages, ppo_loss, ppo_returns
+from lit_rl.objectives import ppo_advantages, ppo_returns
 from lit_rl.policy import PolicyOutput
 from lit_rl.rollout import RolloutBatch
 
@@ -25,8 +26,6 @@ class PPO(RLModule):
        optimizer's parameters, through Lightning's ``clip_gradients``); ``train/grad_norm`` is the policy's.
     """
 
-    needs_hidden = True                                                 # the value head reads the forward's hidden state
-
     def __init__(self, *, eps_low: float = 0.2, eps_high: float = 0.2, vf_coef: float = 0.5,
                  value_clip: float | None = 0.2, gamma: float = 1.0, lam: float = 1.0,
                  adaptive_lambda_alpha: float | None = None, critic_lambda: float = 1.0,
@@ -41,14 +40,15 @@ class PPO(RLModule):
             critic_lambda: the lambda of the value targets.
             whiten_advantages: whiten the advantages over the batch's valid tokens.
             num_iterations: passes over each rollout (PPO's epochs; see ``RLModule``).
+
+        The loss is ``lit_rl.losses.PPOClip(eps_low, eps_high, vf_coef, value_clip)``.
         """
         for name, value in (("gamma", gamma), ("lam", lam), ("critic_lambda", critic_lambda)):
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in [0, 1] (got {value})")
-        if vf_coef < 0:
-            raise ValueError(f"vf_coef must be >= 0 (got {vf_coef})")
+        loss = PPOClip(eps_low, eps_high, vf_coef, value_clip)
         super().__init__(num_iterations=num_iterations, **kwargs)
-        self.eps_low, self.eps_high, self.vf_coef, self.value_clip = eps_low, eps_high, vf_coef, value_clip
+        self.loss, self.needs_hidden = loss, loss.needs_hidden         # the value head reads the hidden state
         self.gamma, self.lam, self.critic_lambda = gamma, lam, critic_lambda
         self.adaptive_lambda_alpha, self.whiten_advantages = adaptive_lambda_alpha, whiten_advantages
         self.value_head = ValueHead(self.policy)
@@ -69,5 +69,4 @@ class PPO(RLModule):
                               self.adaptive_lambda_alpha, self.whiten_advantages)                 # [B, C]
 
     def token_loss(self, output: PolicyOutput, batch: RolloutBatch) -> tuple[Tensor, Tensor]:
-        return ppo_loss(output.logps, batch.old_logps, batch.advantages, self.value_head(output), batch.values,
-                        batch.returns, self.eps_low, self.eps_high, self.vf_coef, self.value_clip)
+        return self.loss(output, batch, self.value_head(output))
