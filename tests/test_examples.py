@@ -1,6 +1,6 @@
-"""The README's examples as written there: the cases of "Writing a new algorithm" (a new advantage, a new
+"""The documentation's examples as written there: the cases of docs/writing-an-algorithm.md (a new advantage, a new
 per-token loss as a value with its YAML line, a per-token loss that reads more of the forward than log-probs, a
-sequence-level loss), and the environment and the tool of "Multi-turn and tools". Each trains or runs on the tiny
+sequence-level loss), and the environment and the tool of docs/multi-turn.md. Each trains or runs on the tiny
 model."""
 
 import json
@@ -18,15 +18,15 @@ from lit_rl.cli import LitRLCLI
 
 from conftest import fit
 
-README = Path(__file__).parents[1] / "README.md"
+DOCS = Path(__file__).parents[1] / "docs"
 
 
-def examples(title: str = "Writing a new algorithm") -> dict[str, object]:
-    """Run each ```python block of the README's section ``title``; what the blocks define, by name."""
-    section = README.read_text().split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+def examples(page: str = "writing-an-algorithm.md") -> dict[str, object]:
+    """Run each ```python block of the documentation page ``page``; what the blocks define, by name."""
+    path = DOCS / page
     namespace: dict = {}
-    for block in re.findall(r"```python\n(.*?)```", section, re.S):
-        exec(compile(block, str(README), "exec"), namespace)
+    for block in re.findall(r"```python\n(.*?)```", path.read_text(), re.S):
+        exec(compile(block, str(path), "exec"), namespace)
     return namespace
 
 
@@ -43,9 +43,9 @@ def test_a_new_advantage(tiny_model_dir):
 
 
 def test_a_new_loss_value_and_its_yaml_line_train_grpo(tiny_model_dir, tmp_path, monkeypatch):
-    """The README's loss class, as ``mypkg.losses`` would hold it, chosen by the README's YAML line: the CLI builds
+    """The page's loss class, as ``mypkg.losses`` would hold it, chosen by the page's YAML line: the CLI builds
     GRPO with it, and it trains GRPO two steps of two passes each (so its ratio moves off 1)."""
-    section = README.read_text().split("## Writing a new algorithm", 1)[1].split("\n## ", 1)[0]
+    section = (DOCS / "writing-an-algorithm.md").read_text()
     (line,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
     mypkg, losses = types.ModuleType("mypkg"), types.ModuleType("mypkg.losses")
     losses.CISPO = mypkg.losses = examples()["CISPO"]
@@ -72,7 +72,7 @@ def test_a_sequence_level_loss(tiny_model_dir):
 
 
 def test_the_readme_environment_trains_a_model(tiny_model_dir):
-    environment = examples("Multi-turn and tools")["GuessTheTarget"]()
+    environment = examples("multi-turn.md")["GuessTheTarget"]()
     module = GRPO(model=tiny_model_dir, group_size=2, sampling=Sampling(temperature=1.0, max_new_tokens=8),
                   collector=MultiTurn(environment, max_turns=3))
     torch.manual_seed(0)
@@ -81,7 +81,7 @@ def test_the_readme_environment_trains_a_model(tiny_model_dir):
 
 
 def test_the_readme_tool_is_one_function():
-    tools = Tools([examples("Multi-turn and tools")["word_length"]])
+    tools = Tools([examples("multi-turn.md")["word_length"]])
     assert tools.tools()[0]["function"]["name"] == "word_length"
     step = tools.step('<tool_call>{"name": "word_length", "arguments": {"word": "agent"}}</tool_call>')
     assert step.observation == [{"role": "tool", "name": "word_length", "content": "5"}]
