@@ -1,16 +1,22 @@
-"""Per-token log-probs and entropy without materialising a float32 ``[B, T, V]`` log-softmax.
+"""Per-token log-probs and entropy without materialising a float32 ``[B, T, V]`` log-softmax, and, from the last
+hidden states, without materialising ``[B, T, V]`` logits at all.
 
 ``log p(y_t) = z_{y_t} - logsumexp(z)`` with ``z = logits / temperature``, computed over row chunks of the
-flattened ``[N, V]`` logits. The forward saves only the logits (which exist anyway) and one logsumexp per row;
-the backward writes ``(onehot(y) - softmax(z)) * grad / temperature`` chunk by chunk into a single gradient
-buffer. Peak extra memory is that gradient (which the model's backward needs regardless) plus one chunk.
+flattened ``[N, V]`` logits. The forward saves only the logits and one logsumexp (and entropy) per row; the
+backward writes ``(onehot(y) - softmax(z)) * grad / temperature`` chunk by chunk into a single gradient buffer.
+
+:func:`hidden_token_logps` goes one step further back: it takes the last hidden states ``[N, H]`` and the
+model's output layer, and computes each chunk's ``[n, V]`` logits, uses them and drops them; the backward
+recomputes them chunk by chunk. Peak extra memory is then a few ``[n, V]`` buffers instead of ``[N, V]``.
 """
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+from torch.utils.checkpoint import checkpoint
 
 CHUNK_ELEMENTS = 1 << 20                                                # 4 MiB of float32 per chunk
+CHUNK_TOKENS = 1024                                                     # tokens per output-layer chunk
 
 
 def _chunks(num_rows: int, vocab: int, chunk_size: int | None):
@@ -19,36 +25,64 @@ def _chunks(num_rows: int, vocab: int, chunk_size: int | None):
 
 
 class _TokenLogps(torch.autograd.Function):
+    """Log-probs of ``labels`` and, with ``with_entropy``, the entropy, both differentiable. With
+    ``H = -sum_v p_v log p_v``: ``dH/dz_v = -p_v (log p_v + H)``, and ``d log p_y / dz_v = onehot_y(v) - p_v``."""
+
     @staticmethod
-    def forward(ctx, logits: Tensor, labels: Tensor, temperature: float, chunk_size: int | None) -> Tensor:
+    def forward(ctx, logits: Tensor, labels: Tensor, temperature: float, chunk_size: int | None,
+                with_entropy: bool) -> Tensor | tuple[Tensor, Tensor]:
         flat, flat_labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
         logps = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)     # [N]
         lse = torch.empty_like(logps)                                                       # [N]
+        entropy = torch.empty_like(logps) if with_entropy else None                         # [N]
         for rows in _chunks(flat.shape[0], flat.shape[1], chunk_size):
             z = flat[rows].float() / temperature                                            # [n, V]
             lse[rows] = torch.logsumexp(z, dim=-1)
             logps[rows] = z.gather(-1, flat_labels[rows, None]).squeeze(-1) - lse[rows]
-        ctx.save_for_backward(logits, labels, lse)
+            if with_entropy:
+                logp = z.sub_(lse[rows, None])                                              # log softmax [n, V]
+                entropy[rows] = -(logp.exp() * logp).sum(-1)
+        ctx.save_for_backward(logits, labels, lse, *([entropy] if with_entropy else []))
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        ctx.set_materialize_grads(False)                                # an unused output's gradient is None
+        if with_entropy:
+            return logps.view(labels.shape), entropy.view(labels.shape)
         return logps.view(labels.shape)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_logps: Tensor):
-        logits, labels, lse = ctx.saved_tensors
-        flat, flat_labels, g = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), grad_logps.reshape(-1).float()
+    def backward(ctx, grad_logps: Tensor | None, grad_entropy: Tensor | None = None):
+        logits, labels, lse, *entropy = ctx.saved_tensors
+        flat, flat_labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+        g = None if grad_logps is None else grad_logps.reshape(-1).float()                 # [N]
+        g_h = None if grad_entropy is None else grad_entropy.reshape(-1).float()           # [N]
         grad = torch.empty_like(flat)                                                       # [N, V]
         for rows in _chunks(flat.shape[0], flat.shape[1], ctx.chunk_size):
-            p = (flat[rows].float() / ctx.temperature).sub_(lse[rows, None]).exp_()         # softmax [n, V]
-            p.mul_(-g[rows, None]).scatter_add_(-1, flat_labels[rows, None], g[rows, None])  # (onehot - p) g
-            grad[rows] = p.div_(ctx.temperature)
-        return grad.view_as(logits), None, None, None
+            logp = (flat[rows].float() / ctx.temperature).sub_(lse[rows, None])              # log softmax [n, V]
+            if g_h is None:
+                grad_z = logp.exp_().mul_(-g[rows, None])                                   # -p g
+            else:
+                p = logp.exp()
+                grad_z = logp.add_(entropy[0][rows, None]).mul_(p).mul_(-g_h[rows, None])  # -p (log p + H) g_H
+                if g is not None:
+                    grad_z.sub_(p.mul_(g[rows, None]))                                      # - p g
+            if g is not None:
+                grad_z.scatter_add_(-1, flat_labels[rows, None], g[rows, None])             # + onehot(y) g
+            grad[rows] = grad_z.div_(ctx.temperature)
+        return grad.view_as(logits), None, None, None, None
 
 
 def token_logps(logits: Tensor, labels: Tensor, temperature: float = 1.0, chunk_size: int | None = None) -> Tensor:
     """``log softmax(logits / temperature)`` at ``labels``: ``logits [B, T, V]``, ``labels [B, T]`` -> ``[B, T]``
     float32. ``chunk_size`` rows per chunk (default: about 4M logits per chunk)."""
-    return _TokenLogps.apply(logits, labels, temperature, chunk_size)
+    return _TokenLogps.apply(logits, labels, temperature, chunk_size, False)
+
+
+def token_logps_entropy(logits: Tensor, labels: Tensor, temperature: float = 1.0,
+                        chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`token_logps` and the entropy of ``softmax(logits / temperature)`` per position, ``[B, T]`` float32
+    each, from one pass over the logits; both carry a gradient (an entropy bonus costs no second pass)."""
+    return _TokenLogps.apply(logits, labels, temperature, chunk_size, True)
 
 
 @torch.no_grad()
@@ -60,3 +94,55 @@ def token_entropy(logits: Tensor, temperature: float = 1.0, chunk_size: int | No
         logp = torch.log_softmax(flat[rows].float() / temperature, dim=-1)                  # [n, V]
         out[rows] = -(logp.exp() * logp).sum(-1)
     return out.view(logits.shape[:-1])
+
+
+def _head_chunk(hidden: Tensor, labels: Tensor, head: nn.Module, temperature: float,
+                entropy: bool) -> Tensor | tuple[Tensor, Tensor]:
+    """One chunk: its logits ``[n, V]`` (the only ones that exist), log-probs and maybe entropy ``[n]``."""
+    return _TokenLogps.apply(head(hidden), labels, temperature, hidden.shape[0], entropy)
+
+
+def hidden_token_logps(hidden: Tensor, head: nn.Module, labels: Tensor, temperature: float = 1.0,
+                       chunk_tokens: int = CHUNK_TOKENS, entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Per-token log-probs ``[B, C]`` float32 of ``labels [B, C]`` under ``softmax(head(hidden) / temperature)``
+    from the last hidden states ``hidden [B, C, H]``, ``chunk_tokens`` tokens at a time, so that no ``[B, C, V]``
+    logits ever exist; with ``entropy``, also the entropy ``[B, C]`` float32 of the same distributions. Both
+    carry gradients to ``hidden`` and to ``head``'s parameters (an entropy bonus needs no logits either).
+
+    ``head`` is the model's output layer (``model.get_output_embeddings()``): a ``Linear`` with or without a
+    bias, tied to the input embedding or not, PEFT's LoRA ``Linear`` around it, or any module mapping
+    ``[n, H]`` to ``[n, V]`` logits.
+
+    How the backward works, and why this way: each chunk runs under ``torch.utils.checkpoint`` (non-reentrant):
+    the forward keeps only the chunk's hidden states (already alive) and drops its logits; the backward calls
+    ``head`` on the chunk again and autograd differentiates that call. The alternative, a hand-written
+    ``autograd.Function`` computing ``grad_hidden = (onehot - p) g / T @ W`` and accumulating ``grad_W``, would
+    have to know the head: its weight and bias, LoRA's ``A``, ``B``, scaling and dropout, a weight shared with
+    the input embedding, a ``DTensor`` shard. Calling the module instead gets all of these from the module and
+    autograd, including the checkpoint's replay of the RNG state (LoRA dropout) and autocast. Inside a chunk,
+    the logits' own backward is :class:`_TokenLogps`'s (one ``[n, V]`` gradient buffer in the logits' dtype).
+    Cost: the output layer's matmul runs once more per chunk in the backward. (Liger's fused linear
+    cross-entropy saves that by computing the gradients during the forward, which needs the loss's gradient
+    w.r.t. each log-prob then; here the log-probs go on into an arbitrary loss, so it is known only later.)
+
+    Sharded weights: ``head`` is called as a module, so hooks on it run. FSDP2 registers no hook on the output
+    layer (it belongs to the root's parameter group): the root keeps its parameters unsharded from its forward
+    until its post-backward callback (torch's default ``reshard_after_forward`` for the root), so a call between
+    the model's forward and its backward, as the policy's, sees the full weight, and its gradient reaches the
+    root's reduce-scatter (``tests/test_distributed.py``: 2 FSDP2 processes give 1 process's losses and weights).
+    DeepSpeed ZeRO-3 gathers the weight in the module's pre-forward hook, once per chunk and again for each
+    recomputation, and releases a frozen weight right after the recomputing call, before its backward reads it;
+    the policy keeps ZeRO-3 on materialised logits (:meth:`lit_rl.policy.Policy.forward`).
+    """
+    flat, flat_labels = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)        # [N, H], [N]
+    if flat.shape[0] == 0:
+        empty = flat.new_zeros(labels.shape, dtype=torch.float32)
+        return empty, empty.clone() if entropy else None
+    trains = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
+    parts = []
+    for start in range(0, flat.shape[0], chunk_tokens):
+        args = (flat[start:start + chunk_tokens], flat_labels[start:start + chunk_tokens], head, temperature, entropy)
+        part = checkpoint(_head_chunk, *args, use_reentrant=False) if trains else _head_chunk(*args)
+        parts.append(part if entropy else (part,))
+    logps = torch.cat([p[0] for p in parts]).view(labels.shape)                         # [B, C]
+    return logps, torch.cat([p[1] for p in parts]).view(labels.shape) if entropy else None

@@ -6,17 +6,18 @@ everywhere::
 
     loss(output: PolicyOutput, batch: RolloutBatch, values: Tensor | None) -> (loss [b, C], clipped [b, C] | None)
 
-``output`` is the policy's forward (``logps`` with gradient, ``logits``, ``hidden``), ``batch`` the micro-batch
-(``old_logps``, ``advantages``, ``loss_mask``, ``correct``, a critic's ``values`` and ``returns``), ``values``
-the value head's values of this forward (``None`` unless the loss ``needs_values``). The second return is the
-mask of tokens whose clipped branch was taken (``None``: the loss never clips). Positions outside
+``output`` is the policy's forward (``logps`` and ``entropy`` with gradient, ``hidden``, ``logits``), ``batch``
+the micro-batch (``old_logps``, ``advantages``, ``loss_mask``, ``correct``, a critic's ``values`` and ``returns``),
+``values`` the value head's values of this forward (``None`` unless the loss ``needs_values``). The second
+return is the mask of tokens whose clipped branch was taken (``None``: the loss never clips). Positions outside
 ``batch.loss_mask`` are ignored by the aggregation that follows (``lit_rl.objectives.aggregate``), and no loss
 here lets them change the positions inside it.
 
 What a loss needs beyond log-probs it declares as class attributes, and its owner (a module, an ERPD teacher)
-provides it: ``needs_hidden`` (the forward returns the last hidden state), ``needs_values`` (a value head, GAE
-values and returns on the batch; implies ``needs_hidden``), ``needs_correct`` (every sample judged correct or
-not by the reward).
+provides it: ``needs_hidden`` (the forward returns the last hidden state), ``needs_logits`` (the forward returns
+the ``[B, C, V]`` logits, which it otherwise never computes), ``needs_values`` (a value head, GAE values and
+returns on the batch; implies ``needs_hidden``), ``needs_correct`` (every sample judged correct or not by the
+reward).
 
 Adding a loss is one class (subclass :class:`TokenLoss`, decorate with ``@dataclass(frozen=True)``) and one
 line of YAML: ``loss: {class_path: mypkg.losses.MyLoss, init_args: {...}}``.
@@ -40,6 +41,7 @@ class TokenLoss:
     module docstring. Subclasses are frozen dataclasses; their settings are their fields."""
 
     needs_hidden: ClassVar[bool] = False                                # the forward returns the last hidden state
+    needs_logits: ClassVar[bool] = False                                # ... and its [B, C, V] logits
     needs_values: ClassVar[bool] = False                                # a value head and GAE (batch.values, .returns)
     needs_correct: ClassVar[bool] = False                               # batch.correct judged for every sample
 

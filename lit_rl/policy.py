@@ -2,6 +2,7 @@
 
 import copy
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,8 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_rl.errors import ModelNotFound
-from lit_rl.logprobs import token_entropy, token_logps
+from lit_rl.export import zero3_partitioned
+from lit_rl.logprobs import CHUNK_TOKENS, hidden_token_logps, token_logps, token_logps_entropy
 from lit_rl.stopping import cut_after_stop
 from lit_rl.tokenizer import token_ids
 
@@ -112,39 +114,99 @@ def prompt_groups(prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor | None:
     return None if bool(new.all()) else new.long().cumsum(0) - 1
 
 
+def model_forward(model: nn.Module, logits_to_keep: int, **inputs: Any) -> tuple[Any, Tensor]:
+    """``model``'s forward, computing the logits of its last ``logits_to_keep`` positions only (0: all), and its
+    decoder's last hidden state ``[B, T, H]`` (the final norm's output, which the output layer reads). The model
+    is called whole, not its decoder alone, so that what wraps its forward runs as usual: FSDP2's and ZeRO-3's
+    gathering of the embeddings, final norm and output layer, PEFT's adapters."""
+    states = []
+    hook = model.get_decoder().register_forward_hook(lambda module, args, out: states.append(out[0]))
+    try:
+        out = model(**inputs, logits_to_keep=logits_to_keep)
+    finally:
+        hook.remove()
+    return out, states[-1]
+
+
+_HEAD_IS_LOGITS: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def logits_are_head_of_hidden(model: nn.Module, input_ids: Tensor) -> bool:
+    """Whether ``model``'s logits are its output layer (``get_output_embeddings()``) applied to its decoder's last
+    hidden state and nothing more, as log-probs from the hidden states (:func:`hidden_token_logps`) assume. Not so
+    where the forward caps or scales the logits (Gemma 2's final-logit softcapping, Granite's ``logits_scaling``,
+    Cohere's ``logit_scale``) or changes the states between the decoder and the output layer. Checked once per
+    model, on a forward of the first row's first two tokens: the output layer's input and output, as a hook sees
+    them, against the decoder's last hidden state and the returned logits. Equal, not close: without a change in
+    between they are the same tensors, and any change of a float32 value shows in its bits."""
+    if model not in _HEAD_IS_LOGITS:
+        head, seen = model.get_output_embeddings(), []
+        hook = head.register_forward_hook(lambda module, args, out: seen.append((args[0], out)))
+        try:
+            out, states = model_forward(model, 1, input_ids=input_ids[:1, :2], use_cache=False)
+        finally:
+            hook.remove()
+        head_in, head_out = seen[-1]
+        plain = torch.equal(head_in, states[:, -1:]) and torch.equal(head_out.to(out.logits.dtype), out.logits)
+        if not plain:
+            warnings.warn(f"{type(model).__name__}'s logits are not its output layer applied to the last hidden "
+                          "state (its forward caps or scales them): its log-probs come from [B, C, V] logits, "
+                          "not from the hidden states in chunks", stacklevel=3)
+        _HEAD_IS_LOGITS[model] = plain
+    return _HEAD_IS_LOGITS[model]
+
+
+def completion_forward(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                       completion_mask: Tensor, logits: bool = False) -> tuple[Tensor, Tensor | None]:
+    """The last hidden states ``[B, C, H]`` of a forward of prompt + completion at the positions that predict the
+    completion's tokens, and with ``logits`` their logits ``[B, C, V]`` (without, the model computes one
+    position's logits, ``[B, 1, V]``: a Hugging Face forward's least)."""
+    ids, attention, positions = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
+    num_completion = completion_ids.shape[1]
+    out, states = model_forward(model, num_completion + 1 if logits else 1, input_ids=ids, attention_mask=attention,
+                                position_ids=positions, use_cache=False)
+    states = states[:, -num_completion - 1:-1]                         # [B, C, H]: position t-1 predicts t
+    return states, out.logits[:, :-1] if logits else None
+
+
 def shared_prompt_forward(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
-                          completion_mask: Tensor, groups: Tensor, hidden: bool) -> tuple[Tensor, Tensor | None]:
-    """The completion logits ``[B, C, V]`` (and last hidden states ``[B, C, H]``) of a forward of prompt +
-    completion, with each group's prompt computed once: the prompt goes through the model alone, its key/value
-    cache is repeated for the group's rows, and the completions run on top of it. Gradients reach the shared
-    prompt states from every row, so values and gradients are the full forward's up to float rounding, while
-    the prompt's tokens cost one forward and backward per group instead of one per sample. With dropout on,
-    a group's samples share the prompt's dropout masks."""
+                          completion_mask: Tensor, groups: Tensor,
+                          logits: bool = False) -> tuple[Tensor, Tensor | None]:
+    """:func:`completion_forward` (last hidden states ``[B, C, H]``, logits ``[B, C, V]`` if asked) with each
+    group's prompt computed once: the prompt goes through the model alone, its key/value cache is repeated for
+    the group's rows, and the completions run on top of it. Gradients reach the shared prompt states from every
+    row, so values and gradients are the full forward's up to float rounding, while the prompt's tokens cost one
+    forward and backward per group instead of one per sample. With dropout on, a group's samples share the
+    prompt's dropout masks."""
     first = torch.ones_like(groups, dtype=torch.bool)
     first[1:] = groups[1:] != groups[:-1]
     unique_ids, unique_mask = prompt_ids[first], prompt_mask[first].long()
-    prompt = model(input_ids=unique_ids, attention_mask=unique_mask, position_ids=(unique_mask.cumsum(-1) - 1).clamp(min=0),
-                   logits_to_keep=1, use_cache=True, output_hidden_states=hidden)
+    prompt, prompt_states = model_forward(model, 1, input_ids=unique_ids, attention_mask=unique_mask,
+                                          position_ids=(unique_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
     cache = prompt.past_key_values
     cache.batch_select_indices(groups)                                 # [P, ...] -> [B, ...], differentiable
     _, attention, positions = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
-    out = model(input_ids=completion_ids, attention_mask=attention, position_ids=positions[:, prompt_ids.shape[1]:],
-                past_key_values=cache, use_cache=True, output_hidden_states=hidden)
-    logits = torch.cat([prompt.logits[:, -1:][groups], out.logits[:, :-1]], 1)   # position t-1 predicts t
-    if not hidden:
-        return logits, None
-    return logits, torch.cat([prompt.hidden_states[-1][:, -1:][groups], out.hidden_states[-1][:, :-1]], 1)
+    out, states = model_forward(model, 0 if logits else 1, input_ids=completion_ids, attention_mask=attention,
+                                position_ids=positions[:, prompt_ids.shape[1]:], past_key_values=cache, use_cache=True)
+    states = torch.cat([prompt_states[:, -1:][groups], states[:, :-1]], 1)             # position t-1 predicts t
+    if not logits:
+        return states, None
+    return states, torch.cat([prompt.logits[:, -1:][groups], out.logits[:, :-1]], 1)
 
 
 @dataclass
 class PolicyOutput:
     """What one policy forward gives a loss, completion positions only (position ``t`` is the state that
-    predicts completion token ``t``): log-probs with gradient, the logits they came from (with gradient: an
-    entropy bonus), their entropy without gradient and, when asked, the last hidden state (a value head)."""
+    predicts completion token ``t``): log-probs with gradient; when asked, their entropy (with gradient too: an
+    entropy bonus), the last hidden state (a value head) and the logits. By default the log-probs and entropy come
+    from the last hidden states and the output layer in chunks (:func:`~lit_rl.logprobs.hidden_token_logps`),
+    and no ``[B, C, V]`` logits exist: ``logits`` is ``None`` unless the forward was asked for them (a module's
+    or a loss's ``needs_logits``), at their memory's cost."""
 
     logps: Tensor                                                       # [B, C]
-    logits: Tensor                                                      # [B, C, V]
-    entropy: Tensor | None = None                                       # [B, C], no gradient
+    logits: Tensor | None = None                                        # [B, C, V], only when asked
+    entropy: Tensor | None = None                                       # [B, C]
     hidden: Tensor | None = None                                        # [B, C, H]
 
 
@@ -218,29 +280,39 @@ class Policy(nn.Module):
 
     # ------------------------------------------------------------------------------------------ log-probs
     shared_prompt_forward = False                                       # RLModule's setting of that name
+    logps_chunk_tokens: int | None = CHUNK_TOKENS                       # None: log-probs from [B, C, V] logits
 
     def forward(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor,
-                temperature: float = 1.0, entropy: bool = False, hidden: bool = False,
+                temperature: float = 1.0, entropy: bool = False, hidden: bool = False, logits: bool = False,
                 model: nn.Module | None = None) -> "PolicyOutput":
-        """One forward of prompt + completion: everything a loss may read (:class:`PolicyOutput`). Only the
-        completion's logits are computed (``logits_to_keep``); ``entropy`` and ``hidden`` ask for more. With
-        ``shared_prompt_forward``, rows that repeat the row before's prompt (a group's samples) share one prompt
-        forward (:func:`shared_prompt_forward`)."""
+        """One forward of prompt + completion: everything a loss may read (:class:`PolicyOutput`). The log-probs
+        (and with ``entropy`` their entropy) come from the completion's last hidden states and the output layer,
+        ``logps_chunk_tokens`` tokens at a time (:func:`~lit_rl.logprobs.hidden_token_logps`), so no ``[B, C, V]``
+        logits exist; ``logits`` asks for them, and log-probs then come from them. So they do with
+        ``logps_chunk_tokens = None``, for a model whose logits are more than its output layer's
+        (:func:`logits_are_head_of_hidden`), and under DeepSpeed ZeRO-3: it gathers the output layer's weight
+        anew for each chunk's call (the forward's and the backward's recomputation, a vocabulary-sized all-gather
+        each), and it releases a frozen weight (LoRA's base) right after the recomputing call, before the
+        backward reads it. With ``shared_prompt_forward``, rows that repeat the row before's prompt (a group's
+        samples) share one prompt forward (:func:`shared_prompt_forward`)."""
         model = model or self.model
         groups = prompt_groups(prompt_ids, prompt_mask) if self.shared_prompt_forward else None
+        chunked = (self.logps_chunk_tokens is not None and not logits and not zero3_partitioned(model)
+                   and logits_are_head_of_hidden(model, completion_ids))
+        args = (model, prompt_ids, prompt_mask, completion_ids, completion_mask)
         if groups is not None and not getattr(model, "is_gradient_checkpointing", False):
-            logits, states = shared_prompt_forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                                   groups, hidden)
+            states, full = shared_prompt_forward(*args, groups, logits=not chunked)
         else:
-            ids, attention, positions = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
-            num_completion = completion_ids.shape[1]
-            out = model(input_ids=ids, attention_mask=attention, position_ids=positions,
-                        logits_to_keep=num_completion + 1, use_cache=False, output_hidden_states=hidden)
-            logits = out.logits[:, :-1]                                 # [B, C, V]: position t-1 predicts t
-            states = out.hidden_states[-1][:, -num_completion - 1:-1] if hidden else None    # [B, C, H]
-        return PolicyOutput(
-            logps=token_logps(logits, completion_ids, temperature),     # [B, C]
-            logits=logits, entropy=token_entropy(logits, temperature) if entropy else None, hidden=states)
+            states, full = completion_forward(*args, logits=not chunked)
+        if chunked:
+            logps, ent = hidden_token_logps(states, model.get_output_embeddings(), completion_ids, temperature,
+                                            self.logps_chunk_tokens, entropy)                  # [B, C] each
+        elif entropy:
+            logps, ent = token_logps_entropy(full, completion_ids, temperature)
+        else:
+            logps, ent = token_logps(full, completion_ids, temperature), None
+        return PolicyOutput(logps=logps, logits=full if logits else None, entropy=ent,
+                            hidden=states if hidden else None)
 
     def logps(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor,
               temperature: float = 1.0, entropy: bool = False,

@@ -1,6 +1,8 @@
 """DeepSpeed on the CPU side, with real DeepSpeed (CPU accelerator, gloo, one process; ``tests/zero3_run.py``):
 the export (``hf_model/`` and, under LoRA, ``hf_model/adapter/``) and the vLLM weight sync gather ZeRO-3's
-partitioned parameters; ``train/grad_norm`` is DeepSpeed's engine's norm (``p.grad`` is ``None`` under ZeRO),
+partitioned parameters; the policy's forward keeps materialised logits under ZeRO-3 (the chunked output layer's
+backward would recompute with a frozen weight that ZeRO-3 has already released: LoRA's ``lora`` case here);
+``train/grad_norm`` is DeepSpeed's engine's norm (``p.grad`` is ``None`` under ZeRO),
 equal to the norm of the same loss without DeepSpeed. Lightning runs DeepSpeed on GPUs alone, so its strategy is
 built here, never run: a ``max_grad_norm`` it would ignore is refused, ZeRO-3 counts as sharding, and ERPD refuses
 DeepSpeed."""

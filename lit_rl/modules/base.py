@@ -439,7 +439,8 @@ class RLModule(PolicyModule):
 
     def token_loss(self, output: PolicyOutput, batch: RolloutBatch) -> tuple[Tensor, Tensor | None]:
         """:meth:`policy_loss` for a loss that reads more of the forward than its log-probs (a value head on
-        ``output.hidden``, which the forward returns when ``needs_hidden``; an entropy bonus on ``output.logits``)."""
+        ``output.hidden``, which the forward returns when ``needs_hidden``; an entropy bonus on ``output.entropy``,
+        which carries its gradient; ``output.logits``, ``[B, C, V]``, only when ``needs_logits``)."""
         return self.policy_loss(output.logps, batch)
 
     def collect(self, prompts: list[Prompt], metas: list[dict]) -> RolloutBatch:
@@ -469,6 +470,7 @@ class RLModule(PolicyModule):
     # ------------------------------------------------------------------------------------- the shared loop
     whole_groups = False                                                # micro-batches may cut a group
     needs_hidden = False                                                # the forward returns the last hidden state
+    needs_logits = False                                                # ... and [B, C, V] logits (their memory)
 
     def needs_old_logps(self, rollout: RolloutBatch) -> bool:
         """Whether the rollout's ``old_logps`` need a forward of their own: when the batch is optimised more than
@@ -611,7 +613,8 @@ class RLModule(PolicyModule):
     def micro_loss(self, micro: RolloutBatch, normalisers: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss of one micro-batch, already divided by the step's global normaliser, and token-sum stats."""
         output = self.policy(micro.prompt_ids, micro.prompt_mask, micro.completion_ids, micro.completion_mask,
-                             self.sampling.logit_temperature, entropy=True, hidden=self.needs_hidden)
+                             self.sampling.logit_temperature, entropy=True, hidden=self.needs_hidden,
+                             logits=self.needs_logits)
         mask = micro.loss_mask
         stats = {"entropy": (output.entropy * mask).sum(), "tokens": mask.sum()}
         if micro.ref_logps is not None:

@@ -13,7 +13,7 @@ from lit_rl.losses import ClippedSurrogate, PolicyGradient
 from lit_rl.modules.base import RLModule
 from lit_rl.modules.erpd_schedule import ERPDSchedule
 from lit_rl.modules.erpd_teacher import TEACHER_LOSSES, Teacher
-from lit_rl.modules.heads import ValueHead, entropy_with_grad
+from lit_rl.modules.heads import ValueHead
 from lit_rl.objectives import GroupScale, deviation_ratio, grpo_advantages, kl_penalty
 from lit_rl.objectives import ppo_advantages, ppo_returns, whiten
 from lit_rl.objectives.erpd import log_ratio_signal, sample_kl
@@ -94,6 +94,7 @@ class ERPD(RLModule):
         self.policy.enable_reference()                                  # the base model of KL(current || base)
         self.online_loss, self.student_loss = PolicyGradient(), ClippedSurrogate(student_eps, student_eps)
         self.needs_hidden = any(t.loss.needs_hidden for t in teachers)  # a value head reads the hidden state
+        self.needs_logits = any(t.loss.needs_logits for t in teachers)
         self.value_head = ValueHead(self.policy) if any(t.loss.needs_values for t in teachers) else None
 
     @classmethod
@@ -242,7 +243,7 @@ class ERPD(RLModule):
         if self.student_kl_coef > 0:
             loss = loss + self.student_kl_coef * kl_penalty(output.logps, batch.old_logps, self.kl_estimator)
         if self.student_entropy_coef > 0:
-            loss = loss - self.student_entropy_coef * entropy_with_grad(output.logits, self.sampling.logit_temperature)
+            loss = loss - self.student_entropy_coef * output.entropy                    # with its gradient
         return loss, clipped
 
     def configure_optimizers(self) -> Any:

@@ -67,7 +67,7 @@ class GRPO(RLModule):
             raise ValueError(f"GRPO has no critic, and loss {loss!r} needs a value head's values: use lit_rl.PPO")
         super().__init__(group_size=group_size, kl_coef=kl_coef, **kwargs)
         self.scale, self.loss = scale, loss
-        self.needs_hidden = loss.needs_hidden
+        self.needs_hidden, self.needs_logits = loss.needs_hidden, loss.needs_logits
         self.dynamic_sampling, self.max_resample_rounds = dynamic_sampling, max_resample_rounds
 
     @classmethod

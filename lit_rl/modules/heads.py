@@ -1,5 +1,6 @@
 """What some objectives add on top of the policy's forward (:class:`~lit_rl.policy.PolicyOutput`): a value
-head on its last hidden state, and a differentiable entropy of its logits (an entropy bonus)."""
+head on its last hidden state, and a differentiable entropy of logits (for a loss that materialises them; the
+forward's own ``entropy`` already carries its gradient and needs no logits)."""
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +16,15 @@ def _entropy(z: Tensor) -> Tensor:
 
 def entropy_with_grad(logits: Tensor, temperature: float = 1.0, chunk_rows: int = 4096) -> Tensor:
     """Differentiable per-position entropy of ``softmax(logits / temperature)``, ``[B, T, V] -> [B, T]``.
-    Row chunks are checkpointed: the backward recomputes one chunk's softmax instead of keeping all."""
+    Row chunks are checkpointed: the backward recomputes one chunk's softmax instead of keeping all.
+
+    An entropy bonus on the policy's forward needs none of this: its ``output.entropy`` (``entropy=True``) is the
+    same entropy with its gradient, computed from the hidden states in chunks without ``[B, C, V]`` logits."""
+    if logits is None:
+        raise ValueError("no logits to take the entropy of: the policy's forward computes log-probs and entropy "
+                         "from the hidden states and keeps no [B, C, V] logits. output.entropy is this entropy, "
+                         "with its gradient; a module or loss that needs the logits themselves sets "
+                         "needs_logits = True")
     flat = logits.reshape(-1, logits.shape[-1]) / temperature           # [N, V]
     parts = [checkpoint(_entropy, flat[s:s + chunk_rows], use_reentrant=False)
              for s in range(0, flat.shape[0], chunk_rows)]

@@ -49,6 +49,7 @@ class PPO(RLModule):
         loss = PPOClip(eps_low, eps_high, vf_coef, value_clip)
         super().__init__(num_iterations=num_iterations, **kwargs)
         self.loss, self.needs_hidden = loss, loss.needs_hidden         # the value head reads the hidden state
+        self.needs_logits = loss.needs_logits
         self.gamma, self.lam, self.critic_lambda = gamma, lam, critic_lambda
         self.adaptive_lambda_alpha, self.whiten_advantages = adaptive_lambda_alpha, whiten_advantages
         self.value_head = ValueHead(self.policy)
