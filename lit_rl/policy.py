@@ -116,16 +116,12 @@ def prompt_groups(prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor | None:
 
 def model_forward(model: nn.Module, logits_to_keep: int, **inputs: Any) -> tuple[Any, Tensor]:
     """``model``'s forward, computing the logits of its last ``logits_to_keep`` positions only (0: all), and its
-    decoder's last hidden state ``[B, T, H]`` (the final norm's output, which the output layer reads). The model
-    is called whole, not its decoder alone, so that what wraps its forward runs as usual: FSDP2's and ZeRO-3's
-    gathering of the embeddings, final norm and output layer, PEFT's adapters."""
-    states = []
-    hook = model.get_decoder().register_forward_hook(lambda module, args, out: states.append(out[0]))
-    try:
-        out = model(**inputs, logits_to_keep=logits_to_keep)
-    finally:
-        hook.remove()
-    return out, states[-1]
+    decoder's last hidden state ``[B, T, H]`` (the final norm's output, which the output layer reads: the last of
+    the forward's ``hidden_states``). The model is called whole, not its decoder alone, so that what wraps its
+    forward runs as usual: FSDP2's and ZeRO-3's gathering of the embeddings, final norm and output layer, PEFT's
+    adapters."""
+    out = model(**inputs, logits_to_keep=logits_to_keep, output_hidden_states=True)
+    return out, out.hidden_states[-1]
 
 
 _HEAD_IS_LOGITS: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
@@ -137,18 +133,13 @@ def logits_are_head_of_hidden(model: nn.Module, input_ids: Tensor) -> bool:
     hidden state and nothing more, as log-probs from the hidden states (:func:`hidden_token_logps`) assume. Not so
     where the forward caps or scales the logits (Gemma 2's final-logit softcapping, Granite's ``logits_scaling``,
     Cohere's ``logit_scale``) or changes the states between the decoder and the output layer. Checked once per
-    model, on a forward of the first row's first two tokens: the output layer's input and output, as a hook sees
-    them, against the decoder's last hidden state and the returned logits. Equal, not close: without a change in
-    between they are the same tensors, and any change of a float32 value shows in its bits."""
+    model, on a forward of the first row's first two tokens: the output layer applied to the last hidden state
+    against the returned logits. Equal, not close: the same call on the same input, and any change of a float32
+    value shows in its bits."""
     if model not in _HEAD_IS_LOGITS:
-        head, seen = model.get_output_embeddings(), []
-        hook = head.register_forward_hook(lambda module, args, out: seen.append((args[0], out)))
-        try:
-            out, states = model_forward(model, 1, input_ids=input_ids[:1, :2], use_cache=False)
-        finally:
-            hook.remove()
-        head_in, head_out = seen[-1]
-        plain = torch.equal(head_in, states[:, -1:]) and torch.equal(head_out.to(out.logits.dtype), out.logits)
+        out, states = model_forward(model, 1, input_ids=input_ids[:1, :2], use_cache=False)
+        head_out = model.get_output_embeddings()(states[:, -1:])
+        plain = torch.equal(head_out.to(out.logits.dtype), out.logits)
         if not plain:
             warnings.warn(f"{type(model).__name__}'s logits are not its output layer applied to the last hidden "
                           "state (its forward caps or scales them): its log-probs come from [B, C, V] logits, "
