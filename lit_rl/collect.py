@@ -64,15 +64,10 @@ class Sampler:
         device, dtype = self.device, next(self.policy.parameters()).dtype
         each_reward((self.reward, self.gold_reward), "bind", device, dtype, self.policy.training)
         extras = {"groups": groups, "completion_ids": completion_ids, "episodes": episodes}
-        out: dict[str, Any] = {}
-        if self.reward is None:
-            if extra is None:
-                raise ValueError("no reward is set: give the module a `reward` (e.g. model.init_args.reward in "
-                                 "the YAML)")
+        if self.reward is None and extra is not None:                   # an environment's rewards alone
             out = {"scores": extra, "correct": torch.full_like(extra, float("nan")), "components": {}}
-        else:
-            scores = score_batch(self.reward, prompts, texts, metas, **extras)
-            out = as_tensors(scores, device)
+        else:                                                           # score_batch names a missing reward
+            out = as_tensors(score_batch(self.reward, prompts, texts, metas, **extras), device)
             if extra is not None:
                 out["scores"] = out["scores"] + extra
         if self.gold_reward is not None:
