@@ -1,7 +1,8 @@
 """kill -9 at a random step, resume, and compare with the uninterrupted run.
 
 For each kind (``rl``: RLOO online, ``multiturn``: ReMax on Countdown with feedback, ``offline``: TOPR on the shipped rollouts, ``erpd``: ERPD through a teacher
-and a student stage, ``generate``: ``lit-rl generate``) and each seed, three real ``lit-rl`` processes run
+and a student stage, ``generate``: ``lit-rl generate``, ``critic``: PPO with a separate critic, its first
+step training the critic alone) and each seed, three real ``lit-rl`` processes run
 small copies of the shipped configs (``builtin:countdown-sft``, a checkpoint every step): one straight through;
 one killed with SIGKILL at a random moment after a random step; and the resume of the killed one from its
 ``last.ckpt`` (for ``generate``: the same command again). The resumed run must end with the straight run's
@@ -27,8 +28,8 @@ import yaml
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))                                           # this checkout's lit_rl, as in the children
 SHIPPED = {"rl": "rloo.yaml", "multiturn": "countdown_multiturn.yaml", "offline": "topr.yaml", "erpd": "erpd.yaml",
-           "generate": "generate.yaml"}
-STEPS = {"rl": 6, "multiturn": 6, "offline": 6, "erpd": 6, "generate": 6}          # generate: batches of prompts
+           "generate": "generate.yaml", "critic": "rlhf_ppo.yaml"}
+STEPS = {"rl": 6, "multiturn": 6, "offline": 6, "erpd": 6, "generate": 6, "critic": 6}          # generate: batches of prompts
 
 
 def small_config(kind: str, out: Path, seed: int, model: str = "builtin:countdown-sft",
@@ -51,8 +52,10 @@ def small_config(kind: str, out: Path, seed: int, model: str = "builtin:countdow
                     val_sampling={**init["val_sampling"], "max_new_tokens": 16})
         data = config["data"]["init_args"]
         data["batch_size"] = 2
-        if kind in ("rl", "multiturn"):
+        if kind in ("rl", "multiturn", "critic"):
             init["group_size"] = 2
+        if kind == "critic":                            # the policy frozen for a step, then both networks train
+            init["critic"]["warmup_steps"] = 1
         if kind == "erpd":                              # 2 prompts x 4 samples: 2 teacher steps, 2 student steps
             init.update(group_size=4, student_steps=2, student_mini_batch_size=8, eval_size=4)
             init["teachers"][0].update(epochs=2, mini_batch_size=8)

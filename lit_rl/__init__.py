@@ -22,6 +22,7 @@ from lit_rl.vllm_engine import VLLMEngine
 from lit_rl.callbacks.erpd_stage import ERPDStageSwitch  # noqa: I001 (ERPD and PPO)
 from lit_rl.modules.erpd import ERPD
 from lit_rl.modules.erpd_teacher import Teacher
+from lit_rl.critic import Critic, CriticSettings
 from lit_rl.modules.ppo import PPO
 
 __all__ = [
@@ -33,4 +34,4 @@ __all__ = [
     "CompletionLog", "FormatReward", "FunctionReward", "MathReward", "PromptData", "RemoteReward", "RewardModel", "RewardModelTraining", "Rewards", "render_prompt",
     "Collector", "Environment", "EnvStep", "MultiTurn", "SingleTurn", "Tools",
 ]
-__all__ += ["ERPD", "ERPDStageSwitch", "PPO", "Teacher"]
+__all__ += ["Critic", "CriticSettings", "ERPD", "ERPDStageSwitch", "PPO", "Teacher"]

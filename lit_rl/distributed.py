@@ -7,10 +7,10 @@ import torch
 from torch import Tensor, nn
 
 
-def fully_shard_policy(model: nn.Module, mesh) -> nn.Module:
-    """``fully_shard`` each transformer block (the classes a Hugging Face model lists in ``_no_split_modules``),
-    then the whole model, over ``mesh`` (the data-parallel dimension). Marks the model as FSDP-managed so
-    ``generate`` keeps ranks in step (``synced_gpus``): every rank must run the same number of forwards."""
+def fully_shard_blocks(model: nn.Module, mesh) -> None:
+    """``fully_shard`` each transformer block of ``model`` (the classes a Hugging Face model lists in
+    ``_no_split_modules``) over ``mesh``; what is left (embeddings, final norm, heads) belongs to the unit of the
+    module sharded around them."""
     from torch.distributed.fsdp import fully_shard
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -21,7 +21,17 @@ def fully_shard_policy(model: nn.Module, mesh) -> nn.Module:
                          "lit-rl cannot tell which modules to shard")
     for block in blocks:
         fully_shard(block, mesh=mesh)
+
+
+def fully_shard_policy(model: nn.Module, mesh) -> nn.Module:
+    """``fully_shard`` each transformer block, then the whole model, over ``mesh`` (the data-parallel
+    dimension). Marks the model as FSDP-managed so ``generate`` keeps ranks in step (``synced_gpus``): every rank
+    must run the same number of forwards."""
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard_blocks(model, mesh)
     fully_shard(model, mesh=mesh)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     for m in {model, base}:
         m._is_fsdp_managed_module = True
     return model
@@ -30,7 +40,8 @@ def fully_shard_policy(model: nn.Module, mesh) -> nn.Module:
 def fully_shard_heads(module: nn.Module, policy: nn.Module, mesh) -> None:
     """``fully_shard`` every child of ``module`` with trainable parameters other than ``policy`` (a value head):
     its parameters become ``DTensor``s like the policy's, so one gradient-norm clip covers both, and its
-    gradients are reduced over the ranks (``ModelParallelStrategy`` adds no data-parallel wrapper of its own)."""
+    gradients are reduced over the ranks (``ModelParallelStrategy`` adds no data-parallel wrapper of its own).
+    A child whose blocks are sharded already (PPO's critic) becomes the root unit around them."""
     from torch.distributed.fsdp import fully_shard
 
     for child in module.children():
@@ -47,12 +58,12 @@ def deepspeed_grad_norm(strategy: Any) -> Tensor | None:
     return None if norm is None else torch.as_tensor(float(norm))
 
 
-def check_clipping(strategy: Any, max_grad_norm: float | None) -> None:
+def check_clipping(strategy: Any, max_grad_norm: float | None, setting: str = "max_grad_norm") -> None:
     """Refuse ``max_grad_norm`` under DeepSpeed, where Lightning's clipping does nothing: DeepSpeed clips by its
     own config's ``gradient_clipping``."""
     if max_grad_norm is not None and is_deepspeed(strategy):
-        raise ValueError(f"max_grad_norm: {max_grad_norm} would not clip under DeepSpeed, which clips the gradients "
-                         "itself: set model.init_args.max_grad_norm: null and gradient_clipping in the strategy's "
+        raise ValueError(f"{setting}: {max_grad_norm} would not clip under DeepSpeed, which clips the gradients "
+                         f"itself: set model.init_args.{setting}: null and gradient_clipping in the strategy's "
                          "config (as cli_configs/strategies/deepspeed_zero2.yaml and deepspeed_zero3.yaml do)")
 
 

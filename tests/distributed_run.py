@@ -1,10 +1,10 @@
 """One short RLOO run under a Lightning strategy, for tests/test_distributed.py (a script, because Lightning's
 DDP launcher starts the other ranks by running the same command again).
 
-    python tests/distributed_run.py {single,ddp,fsdp2} DEVICES BATCH_SIZE OUT_FILE [rloo|ppo]
+    python tests/distributed_run.py {single,ddp,fsdp2} DEVICES BATCH_SIZE OUT_FILE [rloo|ppo|ppo_critic]
 
 Rank 0 writes the per-step global ``train/loss`` and the final weights (gathered under FSDP2; PPO's value head
-too) to OUT_FILE.
+or separate critic too) to OUT_FILE.
 Sampling is seeded per prompt (``PromptSeededEngine``), so a prompt draws the same completions whichever rank
 and batch it lands in: 2 ranks x 2 prompts then see exactly the samples of 1 process x 4 prompts.
 """
@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
-from lit_rl import PPO, RLOO, CountdownData, HFEngine, RewardFunction, Sampling, Score
+from lit_rl import PPO, RLOO, CountdownData, CriticSettings, HFEngine, RewardFunction, Sampling, Score
 from lit_rl.export import merged_state_dict
 from lit_rl.rollout import Generation
 
@@ -64,8 +64,10 @@ class Losses(Callback):
 
 def main(kind: str, devices: int, batch_size: int, out: str, algorithm: str = "rloo") -> None:
     torch.manual_seed(0)
-    extra = {"whiten_advantages": False} if algorithm == "ppo" else {}   # whitening reads each rank's batch
-    module = {"rloo": RLOO, "ppo": PPO}[algorithm](
+    extra = {"whiten_advantages": False} if algorithm != "rloo" else {}  # whitening reads each rank's batch
+    if algorithm == "ppo_critic":                                        # a separate critic from the reward model
+        extra["critic"] = CriticSettings(model="builtin:countdown-rm", lr=3e-3, max_grad_norm=None)
+    module = {"rloo": RLOO, "ppo": PPO, "ppo_critic": PPO}[algorithm](
         **extra, model="builtin:countdown-sft", group_size=2, aggregation="token_mean", engine=PromptSeededEngine(),
         sampling=Sampling(temperature=1.0, max_new_tokens=16), reward=PlusAndLength(), max_grad_norm=None,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, eps=1e-6, weight_decay=0.0))   # eps: see test_distributed
@@ -80,6 +82,8 @@ def main(kind: str, devices: int, batch_size: int, out: str, algorithm: str = "r
     weights = merged_state_dict(module.policy.model)                    # a collective under FSDP2: every rank
     if algorithm == "ppo":
         weights.update({f"value_head.{k}": v for k, v in merged_state_dict(module.value_head).items()})
+    if algorithm == "ppo_critic":
+        weights.update({f"critic.{k}": v for k, v in merged_state_dict(module.critic.model).items()})
     if trainer.is_global_zero:
         torch.save({"losses": losses.losses, "grad_norms": losses.grad_norms, "weights": weights, "world_size": trainer.world_size,
                     "sharded": hasattr(module.policy.model.lm_head.weight, "full_tensor")}, out)

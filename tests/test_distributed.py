@@ -24,7 +24,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from lit_rl.policy import Policy
+from transformers import AutoModelForSequenceClassification
+
+from lit_rl.policy import Policy, resolve
 
 SCRIPT = Path(__file__).with_name("distributed_run.py")
 LOSS_ATOL = 2 * 127 * 2**-24 * 2.0                                    # see the docstring
@@ -62,15 +64,26 @@ def test_two_processes_match_one_process_with_the_same_global_batch(single, tmp_
         assert torch.equal(exported[name], value), name
 
 
-def test_ppo_under_fsdp2_shards_and_reduces_its_value_head_too(tmp_path):
-    """PPO's value head sits beside the policy: sharded with it (one clip covers both) and its gradients
-    reduced over the ranks, so 2 processes keep 1 process's losses and value head (advantage whitening off:
-    it reads each rank's own batch)."""
+@pytest.mark.parametrize("algorithm", ["ppo", "ppo_critic"], ids=["value_head", "separate_critic"])
+def test_ppo_under_fsdp2_shards_and_reduces_its_critic_too(tmp_path, algorithm):
+    """PPO's value head sits beside the policy, sharded with it (one clip covers both); a separate critic (here
+    from the reward model) has its blocks sharded like the policy's. Either way its gradients are reduced over the
+    ranks, so 2 processes keep 1 process's losses and critic (advantage whitening off: it reads each rank's own
+    batch). The separate critic's export, gathered on every rank, is rank 0's ``critic/``."""
     (tmp_path / "single").mkdir()
-    single = run("single", 1, 4, tmp_path / "single", "ppo")
-    parallel = run("fsdp2", 2, 2, tmp_path, "ppo")
+    single = run("single", 1, 4, tmp_path / "single", algorithm)
+    parallel = run("fsdp2", 2, 2, tmp_path, algorithm)
     assert_close(torch.tensor(parallel["losses"]), torch.tensor(single["losses"]), rtol=0, atol=LOSS_ATOL)
-    heads = [k for k in single["weights"] if k.startswith("value_head.")]
-    assert heads and single["weights"]["value_head.linear.weight"].abs().max() > 0    # the head trained
-    for name in heads:
+    prefix = "value_head." if algorithm == "ppo" else "critic."
+    critic = [k for k in single["weights"] if k.startswith(prefix)]
+    start = {} if algorithm == "ppo" else {f"critic.{k}": v for k, v in AutoModelForSequenceClassification
+                                           .from_pretrained(resolve("builtin:countdown-rm")).state_dict().items()}
+    moved = max((single["weights"][k] - start.get(k, torch.zeros_like(single["weights"][k]))).abs().max()
+                for k in critic)
+    assert critic and moved > 1e-4                                      # the critic trained
+    for name in critic:
         assert_close(parallel["weights"][name], single["weights"][name], rtol=0, atol=1e-5, msg=name)
+    if algorithm == "ppo_critic":
+        exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "critic").state_dict()
+        for name, value in exported.items():
+            assert torch.equal(value, parallel["weights"][f"critic.{name}"]), name

@@ -634,11 +634,7 @@ class RLModule(PolicyModule):
             for key, value in micro_stats.items():
                 stats[key] = stats.get(key, 0) + value.detach()
         with self.timer("optimizer"):
-            grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
-            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None  # None: ZeRO holds the gradients
-            if grad_norm is not None:
-                check_finite(grad_norm, "gradient norm", self.global_step)
-            self.clip_gradients(optimizer, self.max_grad_norm or 0.0, "norm")  # through the precision/strategy plugins
+            grad_norm = self.clip(optimizer)
             optimizer.step()
             if grad_norm is None:
                 grad_norm = deepspeed_grad_norm(self.trainer.strategy)  # the norm DeepSpeed's step computed
@@ -649,6 +645,17 @@ class RLModule(PolicyModule):
         self.log("train/loss", loss_sum, prog_bar=True, batch_size=len(batch), sync_dist=True)   # the global loss
         if grad_norm is not None:
             self.log("train/grad_norm", grad_norm, batch_size=len(batch))
+
+    def clip(self, optimizer: Any) -> Tensor | None:
+        """Clip the gradients of the optimizer's parameters to ``max_grad_norm`` (through Lightning's
+        precision and strategy plugins); the policy's gradient norm before clipping, checked finite (``None``:
+        ZeRO holds the gradients)."""
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        if grad_norm is not None:
+            check_finite(grad_norm, "gradient norm", self.global_step)
+        self.clip_gradients(optimizer, self.max_grad_norm or 0.0, "norm")
+        return grad_norm
 
     def log_rollout(self, rollout: RolloutBatch) -> None:
         scores, size = rollout.scores, len(rollout)
