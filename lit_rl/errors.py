@@ -16,3 +16,11 @@ class ModelNotFound(FileNotFoundError):
 
 class RunDirectoryError(OSError):
     """The run directory cannot be created or written."""
+
+
+class ServerUnavailable(RuntimeError):
+    """A server (a remote reward, a vLLM server) gave no usable answer: unreachable, too slow, or an HTTP error."""
+
+
+class BadServerAnswer(ValueError):
+    """A server answered, but not what was asked for: not JSON, or JSON of the wrong shape or count."""
