@@ -19,7 +19,12 @@ class RunDirectoryError(OSError):
 
 
 class ServerUnavailable(RuntimeError):
-    """A server (a remote reward, a vLLM server) gave no usable answer: unreachable, too slow, or an HTTP error."""
+    """A server (a remote reward, a vLLM server) gave no usable answer: unreachable, too slow, or an HTTP error
+    (``status``: the last HTTP status it answered, None if it answered none)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class BadServerAnswer(ValueError):

@@ -44,7 +44,7 @@ def fetch(url: str, body: bytes | None, who: str, timeout: float, retries: int, 
     headers = {**(headers or {}), "Accept": "application/json"}
     if body is not None:
         headers["Content-Type"] = "application/json"
-    tries, failure = retries + 1, ""
+    tries, failure, status = retries + 1, "", None
     for attempt in range(tries):
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))
@@ -58,16 +58,17 @@ def fetch(url: str, body: bytes | None, who: str, timeout: float, retries: int, 
             if status not in RETRIED_STATUSES:
                 moved = f"; redirects are not followed: set url to {err.headers.get('Location')}" \
                     if 300 <= status < 400 else ""
-                raise ServerUnavailable(f"{who}: {where}, not retried: {said!r}{moved}") from None
+                raise ServerUnavailable(f"{who}: {where}, not retried: {said!r}{moved}", status) from None
             failure = f"{where}: {said!r}"
         except (TimeoutError, urllib.error.URLError, http.client.HTTPException, OSError) as err:
+            status = None
             reason = err.reason if isinstance(err, urllib.error.URLError) else err
             if isinstance(reason, TimeoutError):
                 failure = f"{url} did not answer within timeout={timeout:g} s"
             else:
                 failure = f"cannot reach {url} ({type(reason).__name__}: {reason})"
     raise ServerUnavailable(f"{who}: {failure}, in {tries} {'try' if tries == 1 else 'tries'} (retries={retries}); "
-                            f"check the server, or raise timeout or retries")
+                            f"check the server, or raise timeout or retries", status)
 
 
 def parse_json(text: bytes, url: str, who: str, expected: str) -> Any:
