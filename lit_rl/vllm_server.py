@@ -61,7 +61,7 @@ class VLLMServerEngine(RolloutEngine):
          ``sync_dir`` they can read). vLLM's NCCL/IPC weight transfer needs GPUs, and sleep mode is refused on CPU.
       2. The output head is written even when it is tied to the input embeddings: ``save_pretrained`` leaves it
          out of tied models, and vLLM's reload then keeps the old head (its log-probs match "new embeddings in,
-         old head out", off by up to 1.6 nats on the built-in model).
+         old head out": on the built-in model, 23 nats off the trainer's after scaling the embeddings by 1.3).
       3. A fresh directory per sync: a reload from a path already loaded has been reported to serve stale weights
          (vllm-project/vllm#32718).
       4. Sampling uses the servers' random generators, not the trainer's: a run with this engine is not
@@ -99,7 +99,7 @@ class VLLMServerEngine(RolloutEngine):
         self.timeout_s, self.retries, self.backoff_s = float(timeout_s), retries, float(backoff_s)
         self.sync_dir, self.return_logps = sync_dir, return_logps
         self.version = 0                                                # weight syncs so far
-        self.models: dict[str, str] | None = None                      # url -> served model name, once checked
+        self.served_names: dict[str, str] | None = None                # url -> the name it serves its model under
         self.weights_dir: Path | None = None                            # the servers' current weights
         self._root: Path | None = None
         self.eos_token_ids: list[int] | None = None                     # set by bind
@@ -130,7 +130,7 @@ class VLLMServerEngine(RolloutEngine):
 
     def complete(self, url: str, prompts: list[list[int]], settings: dict[str, Any]) -> list[tuple[list[int], list]]:
         """One server's share: ``settings["n"]`` completions of each prompt as (token ids, sampled-token log-probs)."""
-        body = {"model": self.models[url], "prompt": prompts, **settings, "return_token_ids": True}
+        body = {"model": self.served_names[url], "prompt": prompts, **settings, "return_token_ids": True}
         answer = self.request(url, "/v1/completions", body)
         return read_completions(answer, prompts, settings["n"], "logprobs" in settings, url)
 
@@ -171,8 +171,8 @@ class VLLMServerEngine(RolloutEngine):
     def check(self) -> None:
         """Once: every server is up (``/health``), in development mode and returning processed log-probs; the
         names they serve their model under are kept for the requests."""
-        if self.models is None:
-            self.models = dict(zip(self.urls, self._each(self._check)))
+        if self.served_names is None:
+            self.served_names = dict(zip(self.urls, self._each(self._check)))
 
     def _check(self, url: str) -> str:
         fetch(f"{url}/health", None, WHO, self.timeout_s, self.retries, self.backoff_s)

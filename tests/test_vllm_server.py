@@ -355,10 +355,13 @@ def test_two_servers_return_every_row_in_order_and_a_dead_one_is_named(servers, 
     policy = Policy.load(MODEL)
     engine = VLLMServerEngine([server, second], retries=1, backoff_s=0.2)
     engine.bind(policy.model, policy.tokenizer)
-    shares = []
-    complete = engine.complete
-    engine.complete = lambda url, prompts, settings: shares.append((url, len(prompts))) or complete(url, prompts,
-                                                                                                      settings)
+    shares, complete = [], engine.complete
+
+    def spy(url, prompts, settings):
+        shares.append((url, len(prompts)))
+        return complete(url, prompts, settings)
+
+    engine.complete = spy
     assert torch.equal(greedy(engine, policy), hf_greedy(policy))
     gap, tokens = logp_gap(engine, policy, n=3)
     assert gap < LOGP_ATOL and tokens > 60
