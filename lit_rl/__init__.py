@@ -18,6 +18,7 @@ from lit_rl.rollout import Generation, HFEngine, RolloutBatch, RolloutEngine, Sa
 from lit_rl.tasks.countdown import CountdownData, CountdownFeedback, CountdownReward
 from lit_rl.tools import Tools
 from lit_rl.vllm_engine import VLLMEngine
+from lit_rl.vllm_server import VLLMServerEngine
 
 from lit_rl.callbacks.erpd_stage import ERPDStageSwitch  # noqa: I001 (ERPD and PPO)
 from lit_rl.modules.erpd import ERPD
@@ -32,6 +33,6 @@ __all__ = [
     "HFEngine", "KLEntropyTracker", "LoraSettings", "Policy", "PolicyModule", "RLModule", "ReMax", "RewardFunction",
     "RolloutBatch", "RolloutCallback", "RolloutEngine", "RolloutRefresh", "Sampling", "Score", "VLLMEngine",
     "CompletionLog", "FormatReward", "FunctionReward", "MathReward", "PromptData", "RemoteReward", "RewardModel", "RewardModelTraining", "Rewards", "render_prompt",
-    "Collector", "Environment", "EnvStep", "MultiTurn", "SingleTurn", "Tools",
+    "Collector", "Environment", "EnvStep", "MultiTurn", "SingleTurn", "Tools", "VLLMServerEngine",
 ]
 __all__ += ["Critic", "CriticSettings", "ERPD", "ERPDStageSwitch", "PPO", "Teacher"]

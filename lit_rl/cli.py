@@ -213,8 +213,9 @@ class LitRLCLI(LightningCLI):
 
 
 def main() -> None:
-    """``lit-rl generate ...`` writes an offline dataset (:func:`lit_rl.generate.generate`); every other
-    subcommand (``fit``, ``validate``, ``test``) is Lightning's. Bad input ends with one paragraph and exit
+    """``lit-rl generate ...`` writes an offline dataset (:func:`lit_rl.generate.generate`); ``lit-rl serve ...``
+    starts a vLLM server for ``VLLMServerEngine`` (:mod:`lit_rl.serve`); every other subcommand (``fit``,
+    ``validate``, ``test``) is Lightning's. Bad input ends with one paragraph and exit
     status 1 (configuration errors: 2); ``LIT_RL_TRACEBACK=1`` shows tracebacks (:mod:`lit_rl.cli_errors`)."""
     quiet()
     try:
@@ -222,6 +223,10 @@ def main() -> None:
             from lit_rl.generate import main as generate
 
             return generate(sys.argv[2:])
+        if sys.argv[1:2] == ["serve"]:
+            from lit_rl.serve import main as serve
+
+            return serve(sys.argv[2:])
         LitRLCLI()
     except Exception as err:
         sys.exit(report(err))

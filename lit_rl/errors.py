@@ -16,3 +16,16 @@ class ModelNotFound(FileNotFoundError):
 
 class RunDirectoryError(OSError):
     """The run directory cannot be created or written."""
+
+
+class ServerUnavailable(RuntimeError):
+    """A server (a remote reward, a vLLM server) gave no usable answer: unreachable, too slow, or an HTTP error
+    (``status``: the last HTTP status it answered, None if it answered none)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BadServerAnswer(ValueError):
+    """A server answered, but not what was asked for: not JSON, or JSON of the wrong shape or count."""

@@ -48,6 +48,9 @@ class Generation:
     completion_ids: Tensor                                              # [B*n, C], right-padded
     completion_mask: Tensor                                             # [B*n, C], 1 up to and including EOS or stop
     logps: Tensor | None = None                                         # [B*n, C], behaviour log-probs
+    version: int | None = None
+    """The weights that generated these: how many times the engine had synced by then (``None``: an engine that
+    samples from the training model itself)."""
 
 
 class RolloutEngine:

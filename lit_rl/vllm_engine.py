@@ -108,29 +108,43 @@ class VLLMEngine(RolloutEngine):
         if self.eos_token_ids is None:                                  # given a model and tokenizer without bind
             self.eos_token_ids = eos_token_ids(self.model, self.tokenizer)
         sample = sampling.temperature > 0
-        params = SamplingParams(
-            n=n, temperature=sampling.temperature, top_p=sampling.top_p if sample else 1.0,
-            top_k=sampling.top_k if sample else 0, max_tokens=sampling.max_new_tokens,
-            logprobs=0 if sample and self.return_logps else None, skip_special_tokens=False,
-            stop_token_ids=self.eos_token_ids, stop=list(sampling.stop) or None, include_stop_str_in_output=True,
-            detokenize=bool(sampling.stop))
+        params = SamplingParams(**sampling_settings(sampling, n, self.eos_token_ids, self.return_logps),
+                                detokenize=bool(sampling.stop))
         prompts = [TokensPrompt(prompt_token_ids=ids[mask.bool()].tolist()) for ids, mask in zip(prompt_ids, prompt_mask)]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         rows = [c for o in outputs for c in sorted(o.outputs, key=lambda c: c.index)]   # prompt-major
-        return self._pack(rows, sample and self.return_logps, sampling.stop, prompt_ids.device)
+        logps = [[step[t].logprob for step, t in zip(r.logprobs, r.token_ids)] for r in rows] \
+            if sample and self.return_logps else None
+        return pack([list(r.token_ids) for r in rows], logps, self.eos_token_ids, sampling.stop, self.tokenizer,
+                    prompt_ids.device, version=self.syncs)
 
-    def _pack(self, rows: list, with_logps: bool, stop: tuple[str, ...], device: torch.device) -> Generation:
-        """vLLM's per-sample outputs as right-padded ``[B*n, C]`` tensors, cut by ``stop_mask``."""
-        pad = self.tokenizer.pad_token_id
-        width = max(1, max(len(r.token_ids) for r in rows))
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        logps = torch.zeros((len(rows), width)) if with_logps else None
-        for i, r in enumerate(rows):
-            ids[i, :len(r.token_ids)] = torch.tensor(r.token_ids, dtype=torch.long)
-            if logps is not None:
-                logps[i, :len(r.token_ids)] = torch.tensor([step[t].logprob for step, t in zip(r.logprobs, r.token_ids)])
-        lengths = torch.tensor([len(r.token_ids) for r in rows])
-        mask = stop_mask(ids, self.eos_token_ids, stop, decoder(self.tokenizer))
-        mask *= torch.arange(width) < lengths[:, None]                  # [B*n, C]: never vLLM's padding
-        logps = None if logps is None else (logps * mask).to(device)
-        return Generation((ids * mask + pad * (1 - mask)).to(device), mask.to(device), logps)
+
+def sampling_settings(sampling: Sampling, n: int, eos_token_ids: list[int], return_logps: bool) -> dict[str, Any]:
+    """vLLM's sampling parameters for ``sampling``, under the names both ``SamplingParams`` and the OpenAI-compatible
+    server's ``/v1/completions`` take. Rows stop at every EOS id and at the stop strings, which stay in the output
+    (``stop_mask`` then cuts both engines' rows the same way); sampled-token log-probs only when sampling."""
+    sample = sampling.temperature > 0
+    return {"n": n, "temperature": sampling.temperature, "top_p": sampling.top_p if sample else 1.0,
+            "top_k": sampling.top_k if sample else 0, "max_tokens": sampling.max_new_tokens,
+            "logprobs": 0 if sample and return_logps else None, "skip_special_tokens": False,
+            "stop_token_ids": list(eos_token_ids), "stop": list(sampling.stop) or None,
+            "include_stop_str_in_output": True}
+
+
+def pack(token_ids: list[list[int]], logps: list[list[float]] | None, eos_token_ids: list[int], stop: tuple[str, ...],
+         tokenizer: Any, device: torch.device, version: int | None = None) -> Generation:
+    """vLLM's per-sample token ids (and sampled-token log-probs) as a right-padded ``[B*n, C]`` :class:`Generation`
+    of weights ``version``, cut by :func:`~lit_rl.stopping.stop_mask` as every engine's rows are."""
+    pad = tokenizer.pad_token_id
+    width = max(1, max(len(r) for r in token_ids))
+    ids = torch.full((len(token_ids), width), pad, dtype=torch.long)
+    values = torch.zeros((len(token_ids), width)) if logps is not None else None
+    for i, row in enumerate(token_ids):
+        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        if values is not None:
+            values[i, :len(row)] = torch.tensor(logps[i])
+    lengths = torch.tensor([len(r) for r in token_ids])
+    mask = stop_mask(ids, eos_token_ids, stop, decoder(tokenizer))
+    mask *= torch.arange(width) < lengths[:, None]                      # [B*n, C]: never vLLM's padding
+    values = None if values is None else (values * mask).to(device)
+    return Generation((ids * mask + pad * (1 - mask)).to(device), mask.to(device), values, version)

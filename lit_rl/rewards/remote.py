@@ -2,36 +2,17 @@
 protocol, so a server written for ``--remote_rm_url`` scores here too)."""
 
 import asyncio
-import http.client
 import json
 import math
 import os
 import re
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
 
+from lit_rl.http_client import fetch, parse_json
 from lit_rl.rewards.base import Columns, Prompt, RewardFunction, Score
 
-RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})               # the server's trouble, not the request's
 ENV_VAR = re.compile(r"\$\{(\w+)\}")                                    # ${NAME} in a header value
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Redirects are not followed: urllib would resend ``headers`` (an Authorization) to wherever they point."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def _body(err: urllib.error.HTTPError) -> str:
-    """The first 200 characters of an error answer's body ('' where it cannot be read)."""
-    try:
-        return err.read()[:200].decode(errors="replace")
-    except (OSError, http.client.HTTPException):
-        return ""
 
 
 class RemoteReward(RewardFunction):
@@ -117,7 +98,6 @@ class RemoteReward(RewardFunction):
         self.url, self.name, self.timeout, self.retries, self.backoff = url, name, float(timeout), retries, float(backoff)
         self.batch_size, self.label_column = batch_size, label_column
         self._headers = headers                                         # private: kept out of repr and errors
-        self._opener = urllib.request.build_opener(_NoRedirect)
 
     def __repr__(self) -> str:
         return f"RemoteReward(url={self.url!r}, name={self.name!r})"
@@ -162,39 +142,9 @@ class RemoteReward(RewardFunction):
 
     def request(self, body: bytes) -> Any:
         """POST ``body`` and return the parsed JSON answer, retrying what the server may recover from."""
-        headers = {**self._headers, "Content-Type": "application/json", "Accept": "application/json"}
-        tries, failure = self.retries + 1, ""
-        for attempt in range(tries):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                with self._opener.open(urllib.request.Request(self.url, body, headers, method="POST"),
-                                       timeout=self.timeout) as response:
-                    text = response.read()
-                break
-            except urllib.error.HTTPError as err:
-                status, said = err.code, _body(err)
-                where = f"{self.url} answered HTTP {status} ({err.reason})"
-                if status not in RETRIED_STATUSES:
-                    moved = f"; redirects are not followed: set url to {err.headers.get('Location')}" \
-                        if 300 <= status < 400 else ""
-                    raise RuntimeError(f"reward {self.name}: {where}, not retried: {said!r}{moved}") from None
-                failure = f"{where}: {said!r}"
-            except (TimeoutError, urllib.error.URLError, http.client.HTTPException, OSError) as err:
-                reason = err.reason if isinstance(err, urllib.error.URLError) else err
-                if isinstance(reason, TimeoutError):
-                    failure = f"{self.url} did not answer within timeout={self.timeout:g} s"
-                else:
-                    failure = f"cannot reach {self.url} ({type(reason).__name__}: {reason})"
-        else:
-            raise RuntimeError(f"reward {self.name}: {failure}, in {tries} {'try' if tries == 1 else 'tries'} "
-                               f"(retries={self.retries}); check the server, or raise timeout or retries")
-        try:
-            return json.loads(text)
-        except ValueError:
-            raise ValueError(f"reward {self.name}: {self.url} answered with something that is not JSON "
-                             f"({text[:200].decode(errors='replace')!r}); the answer must be "
-                             f'{{"rewards": [...]}}') from None
+        who = f"reward {self.name}"
+        text = fetch(self.url, body, who, self.timeout, self.retries, self.backoff, self._headers)
+        return parse_json(text, self.url, who, '{"rewards": [...]}')
 
     def read(self, answer: Any, completions: list[str], start: int) -> list[Score | None]:
         """One :class:`Score` (or ``None``) per completion from one answer, or an error naming what is wrong;

