@@ -6,6 +6,9 @@ model's saved tokenizer for Qwen's byte-level one. Grouped-query attention (2 KV
 and tied embeddings as in Qwen2.5-0.5B, at 1/10 of its width.
 """
 
+import os
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -40,3 +43,27 @@ def prompts(n: int, length: int, seed: int = 0) -> list[str]:
 
 def num_parameters(path: str | Path) -> int:
     return sum(p.numel() for p in LlamaForCausalLM.from_pretrained(path).parameters())
+
+
+def resident_bytes() -> int:
+    """The process's resident set now (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class ResidentPeak(threading.Thread):
+    """The resident set every ``period`` seconds, its peak kept per ``phase`` (set it from the measured code).
+    ``ru_maxrss`` cannot do this: it only ever rises, so a peak after a warm-up step hides under the warm-up's.
+    Large tensors are ``mmap``ed by the allocator and returned on free, so the resident set follows them."""
+
+    def __init__(self, phase: str = "other", period: float = 0.002) -> None:
+        super().__init__(daemon=True)
+        self.period, self.phase, self.peaks = period, phase, {phase: resident_bytes()}
+        self.start()
+
+    def run(self) -> None:
+        while True:
+            now = resident_bytes()
+            if now > self.peaks.get(self.phase, 0):
+                self.peaks[self.phase] = now
+            time.sleep(self.period)

@@ -25,35 +25,12 @@ import os
 import resource
 import subprocess
 import sys
-import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PAGE = os.sysconf("SC_PAGE_SIZE")
 GIB = 2**30
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE
-
-
-class Sampler(threading.Thread):
-    """The resident set every ``period`` seconds, its peak kept per phase."""
-
-    def __init__(self, period: float = 0.002) -> None:
-        super().__init__(daemon=True)
-        self.period, self.phase, self.peaks = period, "other", {}
-
-    def run(self) -> None:
-        while True:
-            now = rss()
-            if now > self.peaks.get(self.phase, 0):
-                self.peaks[self.phase] = now
-            time.sleep(self.period)
 
 
 def build_model(out: Path, layers: int) -> Path:
@@ -91,12 +68,12 @@ def one(method: str, model: str, rollouts: int, kl_coef: float) -> dict:
     from lightning.pytorch import Callback, Trainer
 
     from lit_rl import PPO, CountdownData, CriticSettings, ReMax, RewardModel, Sampling
+    from benchmarks.common import ResidentPeak, resident_bytes
     from lit_rl.timing import PhaseTimer
 
     torch.manual_seed(0)
-    sampler = Sampler()
-    sampler.start()
-    start_rss = rss()
+    sampler = ResidentPeak()
+    start_rss = resident_bytes()
 
     class MemoryTimer(PhaseTimer):
         @contextmanager
@@ -118,7 +95,7 @@ def one(method: str, model: str, rollouts: int, kl_coef: float) -> dict:
         critic = CriticSettings() if method == "ppo_critic" else None
         module = PPO(**common, critic=critic, aggregation="token_mean", num_iterations=2)
     module.timer = module.sampler.timer = MemoryTimer()
-    loaded_rss = rss()
+    loaded_rss = resident_bytes()
     steps: list[dict[str, float]] = []
 
     class Steps(Callback):

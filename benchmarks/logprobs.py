@@ -10,23 +10,26 @@ Each (model, shape, method) runs in a fresh process. The head's weight and the h
 download); both require gradients, as in full fine-tuning. Like the policy's training forward, both methods also
 compute the entropy (``--no-entropy``: log-probs only). Extra peak memory is what the forward and backward add to
 what the process held before them (inputs, weight and the weight's gradient buffer from a warm-up step): on CUDA
-``torch.cuda.max_memory_allocated`` minus the allocated bytes before; on the CPU the rise of the process's maximum
-resident set size (``ru_maxrss``), which includes the warm-up step's peak, so the CPU figure is an upper bound
-of one step's. Time is the median of ``--repeats`` steps after the warm-up (CUDA synchronised).
+``torch.cuda.max_memory_allocated`` minus the allocated bytes before; on the CPU the peak of the process's resident
+set, sampled every 2 ms by a thread during the measured steps, minus the resident set before them. Time is the
+median of ``--repeats`` steps after the warm-up (CUDA synchronised).
 """
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from lit_rl.logprobs import hidden_token_logps, token_logps, token_logps_entropy
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import ResidentPeak, resident_bytes  # noqa: E402
+from lit_rl.logprobs import hidden_token_logps, token_logps, token_logps_entropy  # noqa: E402
 
 MODELS = {"0.5b": (896, 151936), "7b": (3584, 151936), "tiny": (64, 1000)}        # hidden, vocabulary
 
@@ -64,7 +67,7 @@ def child(method: str, model: str, batch: int, tokens: int, chunk: int, device: 
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
         else:
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            before, sampler = resident_bytes(), ResidentPeak("step")
         seconds = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -72,8 +75,7 @@ def child(method: str, model: str, batch: int, tokens: int, chunk: int, device: 
             sync()
             seconds.append(time.perf_counter() - start)
             hidden.grad = None
-        peak = (torch.cuda.max_memory_allocated() if cuda
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - before
+        peak = (torch.cuda.max_memory_allocated() if cuda else sampler.peaks["step"]) - before
     except torch.OutOfMemoryError:
         return {"oom": True}
     return {"oom": False, "peak_bytes": peak, "seconds": statistics.median(seconds)}
