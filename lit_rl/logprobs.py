@@ -16,7 +16,8 @@ from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 CHUNK_ELEMENTS = 1 << 20                                                # 4 MiB of float32 per chunk
-CHUNK_TOKENS = 1024                                                     # tokens per output-layer chunk
+CHUNK_TOKENS = 1024                                                     # tokens per output-layer chunk, at most
+CHUNK_LOGITS = 1 << 25                                                  # logits per chunk, at most: 128 MiB float32
 
 
 def _chunks(num_rows: int, vocab: int, chunk_size: int | None):
@@ -36,12 +37,12 @@ class _TokenLogps(torch.autograd.Function):
         lse = torch.empty_like(logps)                                                       # [N]
         entropy = torch.empty_like(logps) if with_entropy else None                         # [N]
         for rows in _chunks(flat.shape[0], flat.shape[1], chunk_size):
-            z = flat[rows].float() / temperature                                            # [n, V]
+            z = _scaled(flat[rows], temperature)                                            # [n, V]
             lse[rows] = torch.logsumexp(z, dim=-1)
             logps[rows] = z.gather(-1, flat_labels[rows, None]).squeeze(-1) - lse[rows]
             if with_entropy:
-                logp = z.sub_(lse[rows, None])                                              # log softmax [n, V]
-                entropy[rows] = -(logp.exp() * logp).sum(-1)
+                logp = torch.sub(z, lse[rows, None])                                        # log softmax [n, V]
+                entropy[rows] = -logp.exp().mul_(logp).sum(-1)
         ctx.save_for_backward(logits, labels, lse, *([entropy] if with_entropy else []))
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
         ctx.set_materialize_grads(False)                                # an unused output's gradient is None
@@ -56,9 +57,12 @@ class _TokenLogps(torch.autograd.Function):
         flat, flat_labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
         g = None if grad_logps is None else grad_logps.reshape(-1).float()                 # [N]
         g_h = None if grad_entropy is None else grad_entropy.reshape(-1).float()           # [N]
-        grad = torch.empty_like(flat)                                                       # [N, V]
+        grad = torch.empty_like(flat)                                                       # [N, V], the logits' dtype
+        in_place = grad.dtype == torch.float32                                              # else a float32 chunk
         for rows in _chunks(flat.shape[0], flat.shape[1], ctx.chunk_size):
-            logp = (flat[rows].float() / ctx.temperature).sub_(lse[rows, None])              # log softmax [n, V]
+            z = _scaled(flat[rows], ctx.temperature)
+            logp = (torch.sub(z, lse[rows, None], out=grad[rows]) if in_place
+                    else z.sub(lse[rows, None]))                                            # log softmax [n, V]
             if g_h is None:
                 grad_z = logp.exp_().mul_(-g[rows, None])                                   # -p g
             else:
@@ -68,8 +72,16 @@ class _TokenLogps(torch.autograd.Function):
                     grad_z.sub_(p.mul_(g[rows, None]))                                      # - p g
             if g is not None:
                 grad_z.scatter_add_(-1, flat_labels[rows, None], g[rows, None])             # + onehot(y) g
-            grad[rows] = grad_z.div_(ctx.temperature)
+            grad_z.div_(ctx.temperature)
+            if not in_place:
+                grad[rows] = grad_z
         return grad.view_as(logits), None, None, None, None
+
+
+def _scaled(logits: Tensor, temperature: float) -> Tensor:
+    """``logits / temperature`` in float32: the logits themselves (no copy) when that is what they already are."""
+    z = logits.float()
+    return z if temperature == 1.0 else z / temperature
 
 
 def token_logps(logits: Tensor, labels: Tensor, temperature: float = 1.0, chunk_size: int | None = None) -> Tensor:
@@ -105,8 +117,9 @@ def _head_chunk(hidden: Tensor, labels: Tensor, head: nn.Module, temperature: fl
 def hidden_token_logps(hidden: Tensor, head: nn.Module, labels: Tensor, temperature: float = 1.0,
                        chunk_tokens: int = CHUNK_TOKENS, entropy: bool = False) -> tuple[Tensor, Tensor | None]:
     """Per-token log-probs ``[B, C]`` float32 of ``labels [B, C]`` under ``softmax(head(hidden) / temperature)``
-    from the last hidden states ``hidden [B, C, H]``, ``chunk_tokens`` tokens at a time, so that no ``[B, C, V]``
-    logits ever exist; with ``entropy``, also the entropy ``[B, C]`` float32 of the same distributions. Both
+    from the last hidden states ``hidden [B, C, H]``, ``chunk_tokens`` tokens at a time (fewer where the vocabulary
+    would make a chunk's logits more than ``CHUNK_LOGITS``: 220 tokens at Qwen2.5's 151,936), so that no
+    ``[B, C, V]`` logits ever exist; with ``entropy``, also the entropy ``[B, C]`` float32 of the same distributions. Both
     carry gradients to ``hidden`` and to ``head``'s parameters (an entropy bonus needs no logits either).
 
     ``head`` is the model's output layer (``model.get_output_embeddings()``): a ``Linear`` with or without a
@@ -139,6 +152,8 @@ def hidden_token_logps(hidden: Tensor, head: nn.Module, labels: Tensor, temperat
         empty = flat.new_zeros(labels.shape, dtype=torch.float32)
         return empty, empty.clone() if entropy else None
     trains = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
+    vocab = getattr(head, "out_features", None) or head(flat[:1]).shape[-1]
+    chunk_tokens = max(1, min(chunk_tokens, CHUNK_LOGITS // vocab))     # a large vocabulary takes fewer tokens
     parts = []
     for start in range(0, flat.shape[0], chunk_tokens):
         args = (flat[start:start + chunk_tokens], flat_labels[start:start + chunk_tokens], head, temperature, entropy)

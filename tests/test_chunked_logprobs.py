@@ -326,6 +326,29 @@ def test_no_output_layer_call_sees_more_than_a_chunk_and_nothing_saved_is_vocabu
     assert not [s for s in saved if s and s[-1] == vocab and tuple(s) != (width, vocab)], saved
 
 
+def test_a_large_vocabulary_takes_fewer_tokens_per_chunk(policy, monkeypatch):
+    """A chunk's logits stay within ``CHUNK_LOGITS`` (at Qwen2.5's 151,936 tokens: 220 positions of the 1024
+    asked): with the budget cut to three positions' worth, every output-layer call of the forward and the
+    backward's recomputation gets at most three positions, and the values are the one-chunk ones (other matmul
+    shapes sum in other orders: a few float32 ulps of values of size ~4, so 1e-5)."""
+    import lit_rl.logprobs as logprobs
+
+    args = probe_args(policy)
+    whole = policy(*args, entropy=True)
+    vocab, calls = policy.model.config.vocab_size, []
+    monkeypatch.setattr(logprobs, "CHUNK_LOGITS", 3 * vocab + 1)
+    hook = policy.model.get_output_embeddings().register_forward_hook(lambda m, a, out: calls.append(out.shape))
+    try:
+        cut = policy(*args, entropy=True)
+        (cut.logps.sum() + cut.entropy.sum()).backward()
+    finally:
+        hook.remove()
+    chunked = [s for s in calls if len(s) == 2]
+    assert chunked and max(s[0] for s in chunked) == 3
+    assert_close(cut.logps, whole.logps, rtol=0, atol=1e-5)
+    assert_close(cut.entropy, whole.entropy, rtol=0, atol=1e-5)
+
+
 def test_a_model_whose_logits_are_capped_keeps_the_materialised_path(tiny_model_dir):
     """Gemma 2 caps its logits (``tanh(z / c) c``) after the output layer: the forward says so once and takes
     its log-probs from the model's own logits."""
