@@ -186,6 +186,29 @@ def shared_prompt_forward(model: nn.Module, prompt_ids: Tensor, prompt_mask: Ten
     return states, torch.cat([prompt.logits[:, -1:][groups], out.logits[:, :-1]], 1)
 
 
+def packed_forward(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                   completion_mask: Tensor, logits: bool = False) -> tuple[Tensor, Tensor | None]:
+    """:func:`completion_forward` (last hidden states ``[B, C, H]``, logits ``[B, C, V]`` if asked) without padding:
+    every row's real tokens, prompt then completion, concatenated into one row with position ids restarting at
+    each row, and no attention mask and no cache, from which ``transformers`` builds attention that stays within
+    each row (its packed-sequence detection; with a mask or a cache it would attend across rows). The states
+    come back to each row's padded positions; padding positions hold zeros. The transformer then computes
+    ``sum_i (P_i + C_i)`` positions instead of ``B (P + C)``."""
+    ids, attention, positions = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
+    real = attention.bool()                                             # [B, P+C]
+    out, packed = model_forward(model, 0 if logits else 1, input_ids=ids[real][None],
+                                position_ids=positions[real][None], use_cache=False)   # [1, N, H]
+    num_completion = completion_ids.shape[1]
+    states = packed.new_zeros(*ids.shape, packed.shape[-1])             # [B, P+C, H]
+    states[real] = packed[0]
+    states = states[:, -num_completion - 1:-1]                          # [B, C, H]: position t-1 predicts t
+    if not logits:
+        return states, None
+    full = out.logits.new_zeros(*ids.shape, out.logits.shape[-1])       # [B, P+C, V]
+    full[real] = out.logits[0]
+    return states, full[:, -num_completion - 1:-1]
+
+
 @dataclass
 class PolicyOutput:
     """What one policy forward gives a loss, completion positions only (position ``t`` is the state that
@@ -271,6 +294,7 @@ class Policy(nn.Module):
 
     # ------------------------------------------------------------------------------------------ log-probs
     shared_prompt_forward = False                                       # RLModule's setting of that name
+    packed_sequences = False                                            # and this one
     logps_chunk_tokens: int | None = CHUNK_TOKENS                       # None: log-probs from [B, C, V] logits
 
     def forward(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor,
@@ -285,7 +309,8 @@ class Policy(nn.Module):
         anew for each chunk's call (the forward's and the backward's recomputation, a vocabulary-sized all-gather
         each), and it releases a frozen weight (LoRA's base) right after the recomputing call, before the
         backward reads it. With ``shared_prompt_forward``, rows that repeat the row before's prompt (a group's
-        samples) share one prompt forward (:func:`shared_prompt_forward`)."""
+        samples) share one prompt forward (:func:`shared_prompt_forward`); with ``packed_sequences``, the rows
+        run as one padding-free row (:func:`packed_forward`)."""
         model = model or self.model
         groups = prompt_groups(prompt_ids, prompt_mask) if self.shared_prompt_forward else None
         chunked = (self.logps_chunk_tokens is not None and not logits and not zero3_partitioned(model)
@@ -293,9 +318,16 @@ class Policy(nn.Module):
         args = (model, prompt_ids, prompt_mask, completion_ids, completion_mask)
         if groups is not None and not getattr(model, "is_gradient_checkpointing", False):
             states, full = shared_prompt_forward(*args, groups, logits=not chunked)
+        elif self.packed_sequences:
+            states, full = packed_forward(*args, logits=not chunked)
         else:
             states, full = completion_forward(*args, logits=not chunked)
-        if chunked:
+        if chunked and self.packed_sequences:                           # the output layer on real positions only
+            keep = completion_mask.bool()                                   # [B, C]
+            logps, ent = hidden_token_logps(states[keep], model.get_output_embeddings(), completion_ids[keep],
+                                            temperature, self.logps_chunk_tokens, entropy)     # [M] each
+            logps, ent = (None if t is None else t.new_zeros(keep.shape).masked_scatter(keep, t) for t in (logps, ent))
+        elif chunked:
             logps, ent = hidden_token_logps(states, model.get_output_embeddings(), completion_ids, temperature,
                                             self.logps_chunk_tokens, entropy)                  # [B, C] each
         elif entropy:

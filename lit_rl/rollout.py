@@ -196,13 +196,22 @@ class RolloutBatch:
             values[f.name] = v
         return RolloutBatch(**values)
 
-    def split(self, size: int | None, whole_groups: bool = False) -> list["RolloutBatch"]:
+    def split(self, size: int | None, whole_groups: bool = False, max_tokens: int | None = None) -> list["RolloutBatch"]:
         """Consecutive chunks of ``size`` rows (all rows if ``size`` is None); ``whole_groups`` rounds
-        ``size`` to a multiple of ``group_size`` so no prompt's group is cut (listwise objectives)."""
+        ``size`` to a multiple of ``group_size`` so no prompt's group is cut (listwise objectives).
+        ``max_tokens`` cuts by a token budget instead: as many consecutive rows (whole groups) as hold at most
+        that many real tokens, prompt and completion (a row or group longer than the budget goes alone)."""
+        unit = self.group_size if whole_groups else 1
+        if max_tokens is not None:
+            return [self.select(slice(a, b)) for a, b in token_budget_cuts(self.tokens_per_row(), max_tokens, unit)]
         size = size or len(self)
         if whole_groups:
             size = max(self.group_size, size // self.group_size * self.group_size)
         return [self.select(slice(s, s + size)) for s in range(0, len(self), size)]
+
+    def tokens_per_row(self) -> Tensor:
+        """Real tokens per row, prompt and completion ``[B]``: what a padding-free forward computes."""
+        return self.prompt_mask.sum(-1) + self.completion_mask.sum(-1)
 
     @staticmethod
     def cat(batches: list["RolloutBatch"]) -> "RolloutBatch":
@@ -234,3 +243,17 @@ def accuracy(correct: Tensor) -> Tensor | None:
     """The share of correct samples among those the reward judged (``None`` if it judged none)."""
     judged = ~correct.float().isnan()
     return correct.float()[judged].mean() if judged.any() else None
+
+
+def token_budget_cuts(tokens: Tensor, budget: int, unit: int = 1) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive runs of ``unit`` rows whose ``tokens`` add up to at most ``budget`` each
+    (a unit above the budget alone), in order and covering every row."""
+    per_unit = tokens.view(-1, unit).sum(-1).tolist() if len(tokens) % unit == 0 else tokens.tolist()
+    unit = unit if len(tokens) % unit == 0 else 1
+    cuts, start, held = [], 0, 0
+    for i, n in enumerate(per_unit):
+        if held and held + n > budget:
+            cuts.append((start * unit, i * unit))
+            start, held = i, 0
+        held += n
+    return cuts + [(start * unit, len(per_unit) * unit)] if per_unit else cuts

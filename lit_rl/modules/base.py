@@ -35,7 +35,7 @@ from lit_rl.policy import LoraSettings, Policy, PolicyOutput
 from lit_rl.resume import MODULE_KEY, module_mismatch
 from lit_rl.rewards import Prompt, RewardFunction
 from lit_rl.rewards.base import each_reward
-from lit_rl.rollout import HFEngine, RolloutBatch, RolloutEngine, Sampling, accuracy
+from lit_rl.rollout import HFEngine, RolloutBatch, RolloutEngine, Sampling, accuracy, token_budget_cuts
 from lit_rl.timing import PhaseTimer
 
 # Settings dataclasses are saved with the hyperparameters; let checkpoints load with torch's safe unpickler.
@@ -364,6 +364,8 @@ class RLModule(PolicyModule):
         mini_batches: int = 1,
         importance_sampling_cap: float | None = None,
         shared_prompt_forward: bool = False,
+        packed_sequences: bool = False,
+        max_tokens_per_micro_batch: int | None = None,
         advantage_estimator: Callable[[Tensor, int], Tensor] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -388,6 +390,14 @@ class RLModule(PolicyModule):
             shared_prompt_forward: compute each prompt once for its ``G`` samples in every forward (training, old
                 and reference log-probs): the prompt runs alone and the completions on its key/value cache
                 (``lit_rl.policy.shared_prompt_forward``; not under gradient checkpointing).
+            packed_sequences: run every forward (training, old and reference log-probs, a value head's) without
+                padding: a micro-batch's rows as one row, position ids restarting at each, attention kept within
+                each row (``lit_rl.policy.packed_forward``), and the output layer on the completions' real
+                tokens only. Excludes ``shared_prompt_forward``, which runs completions on a cache with one row
+                per sample.
+            max_tokens_per_micro_batch: cut micro-batches (and the rows of the old/reference log-prob and value
+                forwards) by a budget of real tokens, prompt and completion, instead of ``micro_batch_size``
+                rows; the loss keeps the step's global normaliser, so the gradient is the same.
             advantage_estimator: replaces the algorithm's advantages with ``estimator(rewards, group_size)``
                 (``lit_rl.objectives.LeaveOneOut``, ``GroupNormalized``, or any callable of that signature), to
                 try another estimator with an algorithm's loss; ``rollout/advantage_mean`` and ``_std`` are logged.
@@ -399,6 +409,12 @@ class RLModule(PolicyModule):
             raise ValueError(f"kl_coef must be >= 0 (got {kl_coef})")
         if micro_batch_size is not None and micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1 or null (got {micro_batch_size})")
+        if max_tokens_per_micro_batch is not None and max_tokens_per_micro_batch < 1:
+            raise ValueError(f"max_tokens_per_micro_batch must be >= 1 or null (got {max_tokens_per_micro_batch})")
+        if packed_sequences and shared_prompt_forward:
+            raise ValueError("packed_sequences and shared_prompt_forward exclude each other: the shared prompt "
+                             "forward runs each sample's completion on a key/value cache with one row per sample, "
+                             "packing puts all rows in one; set one of them to false")
         for name, value in (("num_iterations", num_iterations), ("mini_batches", mini_batches)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1 (got {value})")
@@ -411,6 +427,7 @@ class RLModule(PolicyModule):
         self.num_iterations, self.mini_batches, self.log_kl = num_iterations, mini_batches, log_kl
         self.automatic_optimization = False
         self.policy.shared_prompt_forward = shared_prompt_forward
+        self.policy.packed_sequences, self.max_tokens_per_micro_batch = packed_sequences, max_tokens_per_micro_batch
         self.advantage_estimator = advantage_estimator
         if kl_coef > 0 or log_kl:
             self.policy.enable_reference()
@@ -574,11 +591,13 @@ class RLModule(PolicyModule):
                     callback.on_rollout_end(self.trainer, self, rollout)
 
     def _rowwise(self, rollout: RolloutBatch, logps_fn: Callable[..., Tensor]) -> Tensor:
-        """``logps_fn`` over the whole rollout, ``micro_batch_size`` rows at a time (full completion width)."""
-        size = self.micro_batch_size or len(rollout)
+        """``logps_fn`` over the whole rollout, ``micro_batch_size`` rows (or ``max_tokens_per_micro_batch``
+        tokens) at a time, full completion width."""
+        size, budget = self.micro_batch_size or len(rollout), self.max_tokens_per_micro_batch
+        cuts = (token_budget_cuts(rollout.tokens_per_row(), budget) if budget is not None
+                else [(s, s + size) for s in range(0, len(rollout), size)])
         fields = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
-        out = [logps_fn(*(f[s:s + size] for f in fields), self.sampling.logit_temperature)
-               for s in range(0, len(rollout), size)]
+        out = [logps_fn(*(f[a:b] for f in fields), self.sampling.logit_temperature) for a, b in cuts]
         return torch.cat(out) * rollout.loss_mask
 
     def training_step(self, batch: dict[str, list] | StoredGroups, batch_idx: int) -> dict[str, Tensor]:
@@ -625,7 +644,7 @@ class RLModule(PolicyModule):
         """One optimizer step on ``batch``: micro-batches accumulate gradients under the batch's normaliser."""
         optimizer, normalisers = self.optimizers(), self.normalisers(batch)
         loss_sum = torch.zeros((), device=self.device)
-        for micro in batch.split(self.micro_batch_size, self.whole_groups):
+        for micro in batch.split(self.micro_batch_size, self.whole_groups, self.max_tokens_per_micro_batch):
             with self.timer("forward_backward"):
                 loss, micro_stats = self.micro_loss(micro, normalisers)
                 check_finite(loss, "loss", self.global_step)
