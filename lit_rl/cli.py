@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
@@ -48,6 +47,20 @@ class RunRecord(Callback):
         row, values = pending_row(trainer)
         checkpoint[RECORD] = {"config": self.config, "summary_before": self.summary_before, "pending_row": row,
                               "carried": values}
+
+
+# Every rank variable a launcher may set: Lightning's own launcher and the general-purpose cluster environment
+# (LOCAL_RANK, NODE_RANK), torchrun (RANK, LOCAL_RANK, GROUP_RANK), SLURM (SLURM_PROCID), LSF (JSM_NAMESPACE_RANK).
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+def launched_as_global_zero() -> bool:
+    """Whether this process will be global rank 0, known before Lightning sets up the strategy (only then does
+    ``rank_zero_only.rank`` become the global rank). Lightning's guess at import reads ``RANK``, then ``LOCAL_RANK``,
+    then ``SLURM_PROCID``; a launcher that sets only ``NODE_RANK`` and ``LOCAL_RANK`` (the general-purpose cluster
+    environment, whose global rank is ``NODE_RANK x devices + LOCAL_RANK``) makes the first process of every node
+    guess 0. Rank 0 is the process for which every rank variable set says 0."""
+    return all(int(os.environ.get(name) or 0) == 0 for name in RANK_VARIABLES)
 
 
 def make_run_dir(run_dir: Path) -> list[Path]:
@@ -106,14 +119,14 @@ class LitRLCLI(LightningCLI):
         if not path:
             return
         if subcommand != "fit":
-            if rank_zero_only.rank == 0:
+            if launched_as_global_zero():
                 print(f"lit-rl {subcommand}: the weights of {path} with this command's settings", file=sys.stderr)
             return
         if not Path(path).is_file() and ("://" in str(path) or path in ("last", "best", "hpc", "registry")):
             raise ResumeMismatch(f"--ckpt_path {path}: give the checkpoint file itself; lit-rl checks it against "
                                  f"this command before resuming")
         self._resume = plan_resume(path, read_checkpoint(path, mmap=True), self._config_dump())
-        if rank_zero_only.rank == 0:
+        if launched_as_global_zero():
             print(self._resume.announcement(subcommand), file=sys.stderr, flush=True)
 
     def _run_loggers(self, config: dict[str, Any]) -> list:
@@ -130,7 +143,7 @@ class LitRLCLI(LightningCLI):
             run_dir = root / type(self.model).__name__.lower() / time.strftime("%Y%m%d-%H%M%S")
             while run_dir.exists():
                 run_dir = run_dir.with_name(run_dir.name + "+")
-        if rank_zero_only.rank == 0:
+        if launched_as_global_zero():                                   # one directory, however many nodes
             created = make_run_dir(run_dir)
             self._created = created if created and created[0] == run_dir else []
         purge = {"purge_step": resume.log_step + 1} if resume is not None else {}
@@ -206,10 +219,11 @@ class LitRLCLI(LightningCLI):
         self._report(line)
 
     def _report(self, line: str) -> None:
+        log_dir = self.trainer.log_dir                                  # a broadcast: every rank must ask
         if self.trainer.is_global_zero:
             print(line, flush=True)
-            if self.trainer.log_dir is not None:
-                Path(self.trainer.log_dir, "summary.txt").write_text(line + "\n")
+            if log_dir is not None:
+                Path(log_dir, "summary.txt").write_text(line + "\n")
 
 
 def main() -> None:

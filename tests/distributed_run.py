@@ -1,7 +1,11 @@
 """One short RLOO run under a Lightning strategy, for tests/test_distributed.py (a script, because Lightning's
 DDP launcher starts the other ranks by running the same command again).
 
-    python tests/distributed_run.py {single,ddp,fsdp2} DEVICES BATCH_SIZE OUT_FILE [rloo|ppo|ppo_critic]
+    python tests/distributed_run.py {single,ddp,fsdp2} DEVICES BATCH_SIZE OUT_FILE [rloo|ppo|ppo_critic] [--num-nodes N]
+
+``--num-nodes N``: this process is one of N nodes' (``Trainer(num_nodes=N, devices=DEVICES)``). Lightning launches
+no other node: start the script once per node with the environment a cluster launcher sets (``MASTER_ADDR``,
+``MASTER_PORT``, ``NODE_RANK``, ``LOCAL_RANK``; tests/test_distributed.py does it on 127.0.0.1).
 
 Rank 0 writes the per-step global ``train/loss`` and the final weights (gathered under FSDP2; PPO's value head
 or separate critic too) to OUT_FILE.
@@ -9,8 +13,8 @@ Sampling is seeded per prompt (``PromptSeededEngine``), so a prompt draws the sa
 and batch it lands in: 2 ranks x 2 prompts then see exactly the samples of 1 process x 4 prompts.
 """
 
+import argparse
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -62,7 +66,7 @@ class Losses(Callback):
         self.grad_norms.append(float(trainer.callback_metrics["train/grad_norm"]))
 
 
-def main(kind: str, devices: int, batch_size: int, out: str, algorithm: str = "rloo") -> None:
+def main(kind: str, devices: int, batch_size: int, out: str, algorithm: str = "rloo", num_nodes: int = 1) -> None:
     torch.manual_seed(0)
     extra = {"whiten_advantages": False} if algorithm != "rloo" else {}  # whitening reads each rank's batch
     if algorithm == "ppo_critic":                                        # a separate critic from the reward model
@@ -72,9 +76,9 @@ def main(kind: str, devices: int, batch_size: int, out: str, algorithm: str = "r
         sampling=Sampling(temperature=1.0, max_new_tokens=16), reward=PlusAndLength(), max_grad_norm=None,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, eps=1e-6, weight_decay=0.0))   # eps: see test_distributed
     strategy = {"single": "auto", "ddp": "ddp",
-                "fsdp2": ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1)}[kind]
+                "fsdp2": ModelParallelStrategy(data_parallel_size=num_nodes * devices, tensor_parallel_size=1)}[kind]
     losses = Losses()
-    trainer = Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=3,
+    trainer = Trainer(accelerator="cpu", devices=devices, num_nodes=num_nodes, strategy=strategy, max_steps=3,
                       logger=CSVLogger(os.path.dirname(os.path.abspath(out)), name="", version=""),  # export dir
                       enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                       limit_val_batches=0, callbacks=[losses], default_root_dir=os.path.dirname(os.path.abspath(out)))
@@ -90,4 +94,11 @@ def main(kind: str, devices: int, batch_size: int, out: str, algorithm: str = "r
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=["single", "ddp", "fsdp2"])
+    parser.add_argument("devices", type=int)
+    parser.add_argument("batch_size", type=int)
+    parser.add_argument("out")
+    parser.add_argument("algorithm", nargs="?", default="rloo", choices=["rloo", "ppo", "ppo_critic"])
+    parser.add_argument("--num-nodes", type=int, default=1)
+    main(**vars(parser.parse_args()))

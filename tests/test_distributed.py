@@ -13,11 +13,17 @@ small the entry. With torch's eps of 1e-8 a rounding-level difference in a near-
 1.3e-4 under ATEN_CPU_CAPABILITY=default (as much as a per-rank normaliser does), so the runs use eps 1e-6:
 gradient entries of size <= 1e-2 differ by d <~ 1e-9, at most 1e-6 a step (seen: up to 3.8e-6 after 3 steps
 under default, 4e-7 under avx512).
+
+Multi-node is tried the same way: 2 "nodes" x 1 process on 127.0.0.1, each process started here with the
+environment a cluster launcher sets (:func:`launch_nodes`), since Lightning launches the processes of its own node
+only. The same tolerances hold: the ranks add the same terms as on one node.
 """
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,19 +32,70 @@ from torch.testing import assert_close
 
 from transformers import AutoModelForSequenceClassification
 
+from lit_rl.cli import RANK_VARIABLES, launched_as_global_zero
 from lit_rl.policy import Policy, resolve
+
+from conftest import ROOT
 
 SCRIPT = Path(__file__).with_name("distributed_run.py")
 LOSS_ATOL = 2 * 127 * 2**-24 * 2.0                                    # see the docstring
 
 
-def run(kind: str, devices: int, batch_size: int, out_dir: Path, algorithm: str = "rloo") -> dict:
+def run(kind: str, devices: int, batch_size: int, out_dir: Path, algorithm: str = "rloo", num_nodes: int = 1) -> dict:
     out = out_dir / f"{kind}.pt"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(SCRIPT.parents[1])}
-    result = subprocess.run([sys.executable, str(SCRIPT), kind, str(devices), str(batch_size), str(out), algorithm],
-                            cwd=out_dir, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    command = [sys.executable, str(SCRIPT), kind, str(devices), str(batch_size), str(out), algorithm]
+    if num_nodes == 1:
+        result = subprocess.run(command, cwd=out_dir, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+    else:
+        launch_nodes([*command, "--num-nodes", str(num_nodes)], num_nodes, out_dir, env)
     return torch.load(out)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_nodes(command: list[str], num_nodes: int, cwd: Path, env: dict[str, str],
+                 timeout: float = 600) -> list[str]:
+    """Run ``command`` once per "node", all on 127.0.0.1, each process with the environment a cluster launcher
+    sets for Lightning's general-purpose ``LightningEnvironment``: ``MASTER_ADDR`` and ``MASTER_PORT`` (node 0's
+    rendezvous), ``NODE_RANK``, and ``LOCAL_RANK`` (which tells Lightning that the processes are started outside
+    it, so it spawns none). Lightning computes the global rank as ``NODE_RANK x devices + LOCAL_RANK`` and the
+    world size as ``num_nodes x devices``; ``WORLD_SIZE`` (the total number of processes, as Lightning's own
+    launcher sets it) is not read by it and is set for completeness. Returns each node's stdout + stderr; a node
+    that fails ends the others (they would wait for it at the next collective)."""
+    port, logs, procs = free_port(), [], []
+    for node in range(num_nodes):
+        log = open(cwd / f"node{node}.log", "w+")
+        logs.append(log)
+        procs.append(subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env={
+            **env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(node),
+            "WORLD_SIZE": str(num_nodes), "LOCAL_RANK": "0"}))
+    deadline, failed_at = time.monotonic() + timeout, None
+    try:
+        while any(p.poll() is None for p in procs):
+            if failed_at is None and any(p.returncode not in (None, 0) for p in procs):
+                failed_at = time.monotonic()
+            if time.monotonic() > deadline or (failed_at is not None and time.monotonic() > failed_at + 20):
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    outputs = []
+    for log in logs:
+        log.seek(0)
+        outputs.append(log.read())
+        log.close()
+    for node, (p, output) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0, f"node {node} exited with {p.returncode}:\n{output[-4000:]}"
+    return outputs
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +105,19 @@ def single(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
 def test_two_processes_match_one_process_with_the_same_global_batch(single, tmp_path, kind):
-    parallel = run(kind, 2, 2, tmp_path)
+    check_matches_single(run(kind, 2, 2, tmp_path), single, kind, tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
+def test_two_nodes_match_one_process_with_the_same_global_batch(single, tmp_path, kind):
+    """``num_nodes=2, devices=1``: two processes that Lightning did not launch, joined only through the launcher's
+    environment, train like one process (and like 2 processes on one node)."""
+    check_matches_single(run(kind, 1, 2, tmp_path, num_nodes=2), single, kind, tmp_path)
+
+
+def check_matches_single(parallel: dict, single: dict, kind: str, out_dir: Path) -> None:
+    """2 ranks x 2 prompts against 1 x 4: the same losses, global gradient norms and weights, and rank 0's export
+    holds the gathered weights."""
     assert parallel["world_size"] == 2 and single["world_size"] == 1
     assert parallel["sharded"] == (kind == "fsdp2")                    # FSDP2 really sharded the parameters
     assert len(parallel["losses"]) == len(single["losses"]) == 3
@@ -59,7 +128,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(single, tmp_
         assert_close(parallel["weights"][name], value, rtol=0, atol=1e-5, msg=name)
     start = Policy.load("builtin:countdown-sft").model.state_dict()
     assert max((single["weights"][k] - start[k]).abs().max() for k in start) > 1e-3   # training moved the weights
-    exported = Policy.load(str(tmp_path / "hf_model")).model.state_dict()            # rank 0's export, gathered
+    exported = Policy.load(str(out_dir / "hf_model")).model.state_dict()             # rank 0's export, gathered
     for name, value in parallel["weights"].items():
         assert torch.equal(exported[name], value), name
 
@@ -87,3 +156,45 @@ def test_ppo_under_fsdp2_shards_and_reduces_its_critic_too(tmp_path, algorithm):
         exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "critic").state_dict()
         for name, value in exported.items():
             assert torch.equal(value, parallel["weights"][f"critic.{name}"]), name
+
+
+def test_lit_rl_fit_on_two_nodes_writes_one_run_directory(tmp_path, tiny_model_dir):
+    """``lit-rl fit --trainer.num_nodes 2 --trainer.devices 1`` with the shipped DDP fragment, one process per
+    "node" sharing a filesystem (as nodes share one on a cluster): the nodes join one run of world size 2, and only
+    global rank 0 writes: one run directory (config, metrics, checkpoint, ``hf_model``, summary), one summary line.
+    Every node's first process has ``LOCAL_RANK=0``, the rank Lightning reads before it sets up the strategy."""
+    command = [sys.executable, "-m", "lit_rl.cli", "fit", "--config", str(ROOT / "cli_configs" / "rloo.yaml"),
+               "--config", str(ROOT / "cli_configs" / "strategies" / "ddp.yaml"), "--trainer.num_nodes", "2",
+               "--trainer.devices", "1", "--trainer.accelerator", "cpu", "--trainer.max_steps", "2",
+               "--model.init_args.model", tiny_model_dir, "--trainer.default_root_dir", str(tmp_path / "runs"),
+               "--model.init_args.sampling.max_new_tokens", "8", "--model.init_args.val_sampling.max_new_tokens", "8",
+               "--data.init_args.batch_size", "2", "--data.init_args.val_size", "4"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    node0, node1 = launch_nodes(command, 2, tmp_path, env)
+    (run_dir,) = (tmp_path / "runs" / "rloo").iterdir()
+    assert (run_dir / "config.yaml").is_file() and list((run_dir / "checkpoints").glob("*.ckpt"))
+    assert "rollout/reward_mean" in (run_dir / "metrics.csv").read_text().splitlines()[0]
+    assert Policy.load(str(run_dir / "hf_model")).model.num_parameters() > 0
+    summary = (run_dir / "summary.txt").read_text().strip()
+    assert summary.startswith("rloo: ") and "2 steps" in summary
+    assert summary in node0 and summary not in node1
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in node1, node1[-3000:]
+
+
+@pytest.mark.parametrize("variables, zero", [
+    ({}, True),                                                         # one process
+    ({"LOCAL_RANK": "1", "NODE_RANK": "0"}, False),                     # Lightning's launcher, second device
+    ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, False),                     # a general-purpose cluster, second node
+    ({"LOCAL_RANK": "0", "NODE_RANK": "0", "WORLD_SIZE": "2"}, True),
+    ({"SLURM_PROCID": "8", "SLURM_LOCALID": "0", "SLURM_NODEID": "1"}, False),   # srun, second node
+    ({"SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}, True),
+    ({"RANK": "4", "LOCAL_RANK": "0", "GROUP_RANK": "1"}, False),       # torchrun, second node
+])
+def test_the_run_directory_is_made_by_global_rank_zero_alone(monkeypatch, variables, zero):
+    """Before Lightning sets up the strategy, ``rank_zero_only.rank`` reads ``RANK``, ``LOCAL_RANK`` or
+    ``SLURM_PROCID``: the first process of node 1 under a launcher that sets ``NODE_RANK`` says 0 there."""
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert launched_as_global_zero() == zero
