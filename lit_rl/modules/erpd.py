@@ -126,9 +126,11 @@ class ERPD(RLModule):
         teacher = self.teachers[k] if kind == "teacher" else None
         if teacher and teacher.strategy == 2 and schedule.stage_step == teacher.unlearned_step:
             schedule.unlearned[k] = cpu_state(self.policy.model)       # pi_un
-        if teacher and schedule.stage_step in teacher.save_steps and self.trainer.loggers and self.trainer.is_global_zero:
-            self.policy.model.save_pretrained(Path(self.trainer.log_dir, "erpd", f"iteration{schedule.iteration}",
-                                                   f"teacher{k}", f"step{schedule.stage_step}"))
+        if teacher and schedule.stage_step in teacher.save_steps and self.trainer.loggers:
+            log_dir = self.trainer.log_dir                              # a broadcast: every rank asks
+            if self.trainer.is_global_zero:
+                self.policy.model.save_pretrained(Path(log_dir, "erpd", f"iteration{schedule.iteration}",
+                                                       f"teacher{k}", f"step{schedule.stage_step}"))
         self.log_dict({"erpd/stage": float(STAGE_CODES[kind]), "erpd/iteration": float(schedule.iteration),
                        "erpd/teacher": float(k)}, batch_size=1)
         self.log_step(stats)
