@@ -114,3 +114,16 @@ def test_packing_and_the_shared_prompt_forward_are_refused_together(tiny_model_d
         GRPO(model=tiny_model_dir, reward=CountdownReward(), packed_sequences=True, shared_prompt_forward=True)
     with pytest.raises(ValueError, match="max_tokens_per_micro_batch must be >= 1"):
         GRPO(model=tiny_model_dir, reward=CountdownReward(), max_tokens_per_micro_batch=0)
+
+
+def test_the_packing_benchmark_runs_on_a_tiny_shape():
+    """``benchmarks/packing.py --quick``: both sides, each in its own process, and their ratios."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "packing.py"), "--quick"], capture_output=True,
+                         text=True, timeout=600, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("packed / padded: time") == 2
