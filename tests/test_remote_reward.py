@@ -5,12 +5,12 @@ import json
 import math
 import textwrap
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from jsonargparse import ArgumentParser
 from lightning.pytorch import seed_everything
 
+from stub_http import JSONHandler, serve
 from conftest import SAMPLING, fit
 from lit_rl import GRPO, CountdownData, CountdownReward, RemoteReward, RewardFunction, Rewards
 from lit_rl.rewards import score_batch
@@ -27,31 +27,18 @@ class RewardServer:
         self.stop, self.lock = threading.Event(), threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JSONHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
                     server.requests.append(body)
                     server.headers.append(dict(self.headers))
                     status, payload, delay = server.answer(body)
-                if server.stop.wait(delay):                             # shutting down: answer nothing
-                    return
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:                                         # the client gave up waiting
-                    pass
+                if not server.stop.wait(delay):                         # shutting down: answer nothing
+                    self.reply(status, payload)
 
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)   # port 0: a free one
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/get_reward"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+        self.httpd, base, self.thread = serve(Handler, start=False)
+        self.url = f"{base}/get_reward"
 
     def answers(self, *replies):
         """Answer the next requests with ``replies`` in turn, then as the last one."""

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ import torch
 from safetensors import safe_open
 from torch.testing import assert_close
 
+from stub_http import JSONHandler, serve
 from conftest import fit as shared_fit, require_vllm
 from lit_rl import GRPO, CountdownData, CountdownReward, HFEngine, Sampling, VLLMServerEngine
 from lit_rl.errors import BadServerAnswer, ServerUnavailable
@@ -55,7 +55,7 @@ class FakeVLLM:
         self.stop = threading.Event()
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JSONHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?")[0]
                 if path == "/health":
@@ -73,22 +73,7 @@ class FakeVLLM:
                 if not fake.stop.wait(delay):
                     self.reply(status, payload)
 
-            def reply(self, status: int, payload) -> None:
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:                                         # the client gave up waiting
-                    pass
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True).start()
+        self.httpd, self.url, _ = serve(Handler)
 
     @staticmethod
     def answer(body: dict) -> dict:
