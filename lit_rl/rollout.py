@@ -6,8 +6,10 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from transformers import StoppingCriteria, StoppingCriteriaList
 
-from lit_rl.export import zero3_partitioned
+from lit_rl.decode import STOP_CHECK_EVERY, sample, stopped
+from lit_rl.export import is_sharded, zero3_partitioned
 from lit_rl.logprobs import token_logps
 from lit_rl.stopping import completion_mask, decoder, eos_token_ids, stop_mask  # noqa: F401 (re-exported)
 
@@ -74,11 +76,19 @@ class HFEngine(RolloutEngine):
     ``return_logps`` also returns the sampled tokens' log-probs. It is off by default: it keeps every
     step's logits (``[B*n, C, V]``), and the trainer recomputes old log-probs anyway.
 
-    Rows stop at any EOS id of the tokenizer or the model's generation config and, through ``generate``'s
-    ``stop_strings``, at ``sampling.stop``; :func:`lit_rl.stopping.stop_mask` then cuts them as vLLM's are cut."""
+    Rows stop at any EOS id of the tokenizer or the model's generation config and at ``sampling.stop``, read in
+    the completion alone as vLLM reads it (:class:`CompletionStop`; ``generate``'s own ``stop_strings`` would also
+    match a stop string begun in the prompt, end the row there and pad it); :func:`lit_rl.stopping.stop_mask` then
+    cuts them as vLLM's are cut.
 
-    def __init__(self, return_logps: bool = False) -> None:
-        self.return_logps = return_logps
+    ``fast_decode`` samples by lit-rl's own loop over the model's key/value cache instead
+    (:func:`lit_rl.decode.sample`: one prefill per prompt for its ``n`` samples, the filters as tensor operations,
+    no per-step processor objects): the same greedy tokens and the same sampling distribution, less Python per
+    token. Under FSDP2 or ZeRO-3, where every forward is a collective, it leaves the ranks' lock-step to
+    ``generate``."""
+
+    def __init__(self, return_logps: bool = False, fast_decode: bool = False) -> None:
+        self.return_logps, self.fast_decode = return_logps, fast_decode
 
     def bind(self, model: nn.Module, tokenizer: Any) -> None:
         self.model, self.tokenizer = model, tokenizer
@@ -96,26 +106,59 @@ class HFEngine(RolloutEngine):
         from transformers import GenerationConfig
 
         do_sample = sampling.temperature > 0
+        if self.fast_decode and not is_sharded(self.model):
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                completion_ids, logps = sample(
+                    self.model, prompt_ids, prompt_mask, n, sampling.max_new_tokens, sampling.temperature,
+                    sampling.top_k, sampling.top_p, self.eos_token_ids, self.tokenizer.pad_token_id, sampling.stop,
+                    decoder(self.tokenizer), do_sample and self.return_logps)
+            finally:
+                self.model.train(was_training)
+            return self.cut(completion_ids, logps, sampling)
         config = GenerationConfig(
             max_new_tokens=sampling.max_new_tokens, do_sample=do_sample, num_beams=1,
             temperature=sampling.temperature if do_sample else None, top_p=sampling.top_p if do_sample else None,
             top_k=sampling.top_k if do_sample else None, eos_token_id=self.eos_token_ids,
-            pad_token_id=self.tokenizer.pad_token_id, stop_strings=list(sampling.stop) or None,
+            pad_token_id=self.tokenizer.pad_token_id,
             return_dict_in_generate=True, output_logits=do_sample and self.return_logps, use_cache=True)
         was_training = self.model.training
         self.model.eval()
         try:
             out = self.model.generate(input_ids=prompt_ids.repeat_interleave(n, 0),
                                       attention_mask=prompt_mask.repeat_interleave(n, 0), generation_config=config,
-                                      tokenizer=self.tokenizer, synced_gpus=self.synced_gpus())
+                                      synced_gpus=self.synced_gpus(), stopping_criteria=StoppingCriteriaList(
+                                          [CompletionStop(prompt_ids.shape[1], sampling.stop, decoder(self.tokenizer))]
+                                          if sampling.stop else []))
         finally:
             self.model.train(was_training)
         completion_ids = out.sequences[:, prompt_ids.shape[1]:]         # [B*n, C]
-        mask = stop_mask(completion_ids, self.eos_token_ids, sampling.stop, decoder(self.tokenizer))  # [B*n, C]
         logps = None
         if do_sample and self.return_logps:                             # raw logits: the untruncated policy
-            logps = token_logps(torch.stack(out.logits, 1), completion_ids, sampling.temperature) * mask
-        return Generation(completion_ids * mask + self.tokenizer.pad_token_id * (1 - mask), mask, logps)
+            logps = token_logps(torch.stack(out.logits, 1), completion_ids, sampling.temperature)
+        return self.cut(completion_ids, logps, sampling)
+
+    def cut(self, completion_ids: Tensor, logps: Tensor | None, sampling: Sampling) -> Generation:
+        """Completions cut after their first EOS or stop string (:func:`~lit_rl.stopping.stop_mask`), padded."""
+        mask = stop_mask(completion_ids, self.eos_token_ids, sampling.stop, decoder(self.tokenizer))  # [B*n, C]
+        pad = self.tokenizer.pad_token_id
+        return Generation(completion_ids * mask + pad * (1 - mask), mask, None if logps is None else logps * mask)
+
+
+class CompletionStop(StoppingCriteria):
+    """``generate``'s stopping criterion for rows that completed a stop string in their completion (the prompt's
+    tail not included: a row whose prompt ends in ``"7"`` does not stop at ``"77"`` on its first ``"7"``), checked
+    every ``STOP_CHECK_EVERY`` tokens (:func:`lit_rl.decode.stopped`); ``stop_mask`` cuts at the exact token."""
+
+    def __init__(self, prompt_length: int, stop: tuple[str, ...], decode: Any) -> None:
+        self.prompt_length, self.stop, self.decode = prompt_length, stop, decode
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
+        ended = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
+        if (input_ids.shape[1] - self.prompt_length) % STOP_CHECK_EVERY:
+            return ended
+        return stopped(input_ids[:, self.prompt_length:], ended, self.stop, self.decode)
 
 
 def per_token(**kwargs: Any) -> Any:

@@ -1,0 +1,98 @@
+"""lit-rl's own decoding loop (``HFEngine(fast_decode=True)``, ``lit_rl.decode``): the greedy tokens and masks of
+``generate``, its filters, a sampling distribution checked against the model's own, and the behaviour
+log-probs of the trainer."""
+
+import torch
+from torch.testing import assert_close
+from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from lit_rl.decode import filter_logits
+from lit_rl.rollout import HFEngine, Sampling
+
+PROMPTS = ["numbers [1, 2] target 3: ", "Using the numbers [10, 4, 7], create an equation that equals 42.\n", "7"]
+
+
+def engines(policy):
+    out = []
+    for fast in (False, True):
+        engine = HFEngine(return_logps=True, fast_decode=fast)
+        engine.bind(policy.model, policy.tokenizer)
+        out.append(engine)
+    return out
+
+
+def test_greedy_tokens_and_masks_are_generates(policy):
+    """Left-padded prompts of three lengths, two samples each, with and without a stop string: the tokens and
+    masks of ``generate``, exactly (same model, same machine, the same argmax of the same computation but for the
+    prefill's batch size; the tiny model has no near-ties here). The last prompt ends in ``7`` and its greedy
+    completion repeats ``7``: the stop string ``77`` ends it after two tokens, read in the completion alone (as
+    vLLM reads it; ``generate``'s own ``stop_strings`` ended it after one and padded the rest as if generated)."""
+    ids, mask = policy.encode_prompts(PROMPTS, 24)
+    lengths = []
+    for stop in ((), ("77",)):
+        sampling = Sampling(temperature=0.0, max_new_tokens=24, stop=stop)
+        slow, fast = (e.generate(ids, mask, sampling, 2) for e in engines(policy))
+        assert torch.equal(fast.completion_mask, slow.completion_mask)
+        assert torch.equal(fast.completion_ids[:, :slow.completion_ids.shape[1]], slow.completion_ids)
+        assert (fast.completion_ids[:, slow.completion_ids.shape[1]:] == policy.tokenizer.pad_token_id).all()
+        lengths.append(fast.completion_mask.sum(-1))
+    assert lengths[1][4:].tolist() == [2, 2] and (lengths[1][:4] == lengths[0][:4]).all()
+
+
+def test_the_filters_are_generates_warpers():
+    """Temperature, then top-k, then top-p: the same kept tokens and values as ``transformers``' warpers."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50) * 3
+    for temperature, k, p in ((0.7, 0, 1.0), (1.0, 5, 1.0), (1.3, 0, 0.8), (0.9, 10, 0.5), (1.0, 1, 0.9)):
+        expected = TemperatureLogitsWarper(temperature)(None, logits.clone())
+        if k:
+            expected = TopKLogitsWarper(k)(None, expected)
+        if p < 1:
+            expected = TopPLogitsWarper(p)(None, expected)
+        assert torch.equal(filter_logits(logits, temperature, k, p).isinf(), expected.isinf()), (temperature, k, p)
+        assert_close(filter_logits(logits, temperature, k, p), expected, rtol=0, atol=0)
+
+
+def test_samples_follow_the_models_filtered_distribution(policy):
+    """4000 samples of two tokens after one prompt at temperature 0.8, top-k 8, top-p 0.9: the first token's
+    frequencies are the filtered ``softmax(logits / T)`` of the model's next-token logits, and so are the second
+    token's after the most common first token (read from the cache the loop extended). Each frequency is within 5
+    standard deviations of its probability (binomial; seeded, so the test is deterministic; a wrong filter or a
+    stale cache moves frequencies by far more), and no filtered-out token is ever drawn."""
+    torch.manual_seed(0)
+    engine = engines(policy)[1]
+    ids, mask = policy.encode_prompts(PROMPTS[:1], 8)
+    sampling = Sampling(temperature=0.8, top_k=8, top_p=0.9, max_new_tokens=2)
+    tokens = engine.generate(ids, mask, sampling, 4000).completion_ids            # [4000, 2]
+
+    def expected(prefix):
+        with torch.no_grad():
+            logits = policy.model(input_ids=prefix).logits[0, -1]
+        return filter_logits(logits[None], 0.8, 8, 0.9).softmax(-1)[0]             # [V]
+
+    def check(drawn, probs):
+        counts = torch.bincount(drawn, minlength=len(probs)).double()
+        n, p = len(drawn), probs.double()
+        assert counts[p == 0].sum() == 0                                           # excluded tokens never drawn
+        sigma = (p * (1 - p) / n).sqrt()
+        assert ((counts / n - p).abs() <= 5 * sigma + 1e-12).all(), (counts / n - p).abs().max()
+        return counts
+
+    prompt = ids[mask.bool()][None]
+    counts = check(tokens[:, 0], expected(prompt))
+    first = int(counts.argmax())
+    rows = tokens[:, 0] == first
+    assert rows.sum() > 500
+    check(tokens[rows, 1], expected(torch.cat([prompt, torch.tensor([[first]])], 1)))
+
+
+def test_behaviour_logps_are_the_trainers(policy):
+    """The sampled tokens' log-probs under ``softmax(logits / T)``, before top-k/top-p, equal the trainer's
+    (float32, other matrix shapes: 1e-5)."""
+    torch.manual_seed(1)
+    ids, mask = policy.encode_prompts(PROMPTS, 16)
+    out = engines(policy)[1].generate(ids, mask, Sampling(temperature=0.7, top_k=10, max_new_tokens=16), 2)
+    trainer = policy.logps(ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0), out.completion_ids,
+                           out.completion_mask, 0.7)[0]
+    assert_close(out.logps, trainer * out.completion_mask, rtol=0, atol=1e-5)
+    assert out.completion_mask.sum() > 20
