@@ -24,6 +24,7 @@ from lit_rl.callbacks.erpd_stage import ERPDStageSwitch  # noqa: I001 (ERPD and 
 from lit_rl.modules.erpd import ERPD
 from lit_rl.modules.erpd_teacher import Teacher
 from lit_rl.critic import Critic, CriticSettings
+from lit_rl.distributed import FSDP2
 from lit_rl.modules.ppo import PPO
 
 __all__ = [
@@ -35,4 +36,4 @@ __all__ = [
     "CompletionLog", "FormatReward", "FunctionReward", "MathReward", "PromptData", "RemoteReward", "RewardModel", "RewardModelTraining", "Rewards", "render_prompt",
     "Collector", "Environment", "EnvStep", "MultiTurn", "SingleTurn", "Tools", "VLLMServerEngine",
 ]
-__all__ += ["Critic", "CriticSettings", "ERPD", "ERPDStageSwitch", "PPO", "Teacher"]
+__all__ += ["FSDP2", "Critic", "CriticSettings", "ERPD", "ERPDStageSwitch", "PPO", "Teacher"]

@@ -4,7 +4,26 @@ what the modules need to know of DeepSpeed (its gradient norm, its clipping)."""
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor, nn
+
+
+class FSDP2(ModelParallelStrategy):
+    """Lightning's ``ModelParallelStrategy`` as lit-rl uses it: FSDP2 over every process, no tensor parallelism.
+    Its data-parallel size defaults to the world size, ``num_nodes x devices`` (Lightning's ``auto`` is the
+    number of nodes, paired with tensor parallelism over each node's devices, which lit-rl does not do); the
+    module shards the policy itself (``PolicyModule.configure_model``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        for key in ("data_parallel_size", "tensor_parallel_size"):
+            if key in kwargs:
+                raise ValueError(f"lit_rl.FSDP2 sets {key} itself (the world size, and 1); use Lightning's "
+                                 f"ModelParallelStrategy to set it")
+        super().__init__(data_parallel_size="auto", tensor_parallel_size=1, **kwargs)
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
 
 
 def fully_shard_blocks(model: nn.Module, mesh) -> None:
@@ -75,7 +94,5 @@ def is_deepspeed(strategy: Any) -> bool:
 
 def shards_parameters(strategy: Any) -> bool:
     """Whether ``strategy`` shards the parameters themselves (FSDP2, ZeRO-3), not only gradients and optimizer."""
-    from lightning.pytorch.strategies import ModelParallelStrategy
-
     stage = (getattr(strategy, "config", None) or {}).get("zero_optimization", {}).get("stage", 0)
     return isinstance(strategy, ModelParallelStrategy) or (is_deepspeed(strategy) and stage == 3)

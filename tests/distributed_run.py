@@ -22,10 +22,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
-from lit_rl import PPO, RLOO, CountdownData, CriticSettings, HFEngine, RewardFunction, Sampling, Score
+from lit_rl import FSDP2, PPO, RLOO, CountdownData, CriticSettings, HFEngine, RewardFunction, Sampling, Score
 from lit_rl.export import merged_state_dict
 from lit_rl.rollout import Generation
 
@@ -76,7 +75,7 @@ def main(kind: str, devices: int, batch_size: int, out: str, algorithm: str = "r
         sampling=Sampling(temperature=1.0, max_new_tokens=16), reward=PlusAndLength(), max_grad_norm=None,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, eps=1e-6, weight_decay=0.0))   # eps: see test_distributed
     strategy = {"single": "auto", "ddp": "ddp",
-                "fsdp2": ModelParallelStrategy(data_parallel_size=num_nodes * devices, tensor_parallel_size=1)}[kind]
+                "fsdp2": FSDP2()}[kind]                                  # data-parallel over num_nodes x devices
     losses = Losses()
     trainer = Trainer(accelerator="cpu", devices=devices, num_nodes=num_nodes, strategy=strategy, max_steps=3,
                       logger=CSVLogger(os.path.dirname(os.path.abspath(out)), name="", version=""),  # export dir

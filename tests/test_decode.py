@@ -96,3 +96,19 @@ def test_behaviour_logps_are_the_trainers(policy):
                            out.completion_mask, 0.7)[0]
     assert_close(out.logps, trainer * out.completion_mask, rtol=0, atol=1e-5)
     assert out.completion_mask.sum() > 20
+
+
+def test_a_module_trains_on_the_loop_single_and_multi_turn(tiny_model_dir):
+    """GRPO samples through the loop; ReMax's greedy baseline and multi-turn episodes go through it too."""
+    from lit_rl import GRPO, CountdownFeedback, MultiTurn, ReMax
+
+    from conftest import SAMPLING
+    from test_modules import DigitShare, fit
+
+    torch.manual_seed(0)
+    grpo = GRPO(model=tiny_model_dir, reward=DigitShare(), group_size=2, sampling=SAMPLING,
+                engine=HFEngine(fast_decode=True))
+    assert fit(grpo, 2).global_step == 2
+    remax = ReMax(model=tiny_model_dir, reward=DigitShare(), group_size=2, sampling=SAMPLING,
+                  engine=HFEngine(fast_decode=True), collector=MultiTurn(CountdownFeedback(), max_turns=2))
+    assert fit(remax, 2).global_step == 2
