@@ -1,0 +1,199 @@
+"""max_staleness: rollouts sampled and scored in a background thread while the policy trains (lit_rl.async_rollouts).
+
+The engine is ``CopyEngine`` (``transformers`` ``generate`` on a frozen copy of the policy, refreshed on every
+sync): a real engine with weights of its own, on CPU without vLLM, so these runs take seconds. The same module code
+drives ``VLLMServerEngine``; ``tests/test_vllm_server.py`` runs one asynchronous GRPO fit on a real server."""
+
+import copy
+from itertools import islice
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.testing import assert_close
+
+from lit_rl import (ERPD, GRPO, RLOO, CopyEngine, CountdownData, HFEngine, ImportanceSampling, RewardFunction,
+                    RolloutCallback, Score, VLLMEngine)
+from lit_rl.tasks.countdown import CountdownReward
+from lit_rl.timing import is_wall_clock
+
+from conftest import SAMPLING, fit
+
+STEPS = 4
+
+
+class DigitShare(RewardFunction):
+    """Share of digits in the text: varies from sample to sample, so every step has a gradient."""
+
+    def __call__(self, completion, meta):
+        return Score(sum(c.isdigit() for c in completion) / max(1, len(completion)))
+
+
+def data() -> CountdownData:
+    dm = CountdownData(batch_size=2, val_batch_size=4, train_size=32, val_size=4)
+    dm.setup()
+    return dm
+
+
+def rloo(model_dir, **kwargs) -> RLOO:
+    torch.manual_seed(0)
+    return RLOO(**{"model": model_dir, "group_size": 2, "sampling": SAMPLING, "reward": DigitShare(),
+                   "optimizer": lambda p: torch.optim.AdamW(p, lr=3e-2, weight_decay=0.0), **kwargs})
+
+
+class Record(RolloutCallback):
+    """Per step: the prompts trained, the rollout's policy version, its behaviour log-probs against those of the
+    weights of that version (kept at the start of every step) and of the policy being trained, and the metrics."""
+
+    def __init__(self) -> None:
+        self.prompts, self.versions, self.metrics, self.gaps = [], [], [], []
+        self.weights: dict[int, dict] = {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.weights[trainer.global_step] = copy.deepcopy(module.policy.model.state_dict())
+
+    def on_rollout_end(self, trainer, module, rollout) -> None:
+        self.prompts.append(rollout.prompts[::rollout.group_size])
+        self.versions.append(rollout.version)
+        if rollout.behaviour_logps is None:
+            return
+        sampler = copy.deepcopy(module.policy.model)
+        sampler.load_state_dict(self.weights[rollout.version])
+        args = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
+        with torch.no_grad():
+            sampling_logps = module.policy.logps(*args, 1.0, model=sampler)[0] * rollout.loss_mask
+        trained = rollout.old_logps
+        self.gaps.append(((rollout.behaviour_logps - sampling_logps).abs().max().item(),
+                          (rollout.behaviour_logps - trained).abs().max().item()))
+
+    def on_train_batch_end(self, trainer, module, *args) -> None:
+        self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items() if not is_wall_clock(k)})
+
+
+def dataloader_prompts(steps: int) -> list[list[str]]:
+    return [batch["prompt"] for batch in islice(data().train_dataloader(), steps)]
+
+
+def test_max_staleness_0_is_the_synchronous_run(tiny_model_dir):
+    """k = 0 runs the synchronous loop: the same weights and the same logged values as a module without it."""
+    runs = []
+    for kwargs in ({}, {"max_staleness": 0}):
+        record = Record()
+        module = rloo(tiny_model_dir, **kwargs)
+        fit(module, data(), 3, callbacks=[record])
+        runs.append((module.state_dict(), record.metrics))
+    (weights, metrics), (weights0, metrics0) = runs
+    assert weights.keys() == weights0.keys() and all(torch.equal(weights[k], weights0[k]) for k in weights)
+    assert metrics == metrics0 and "train/loss" in metrics[-1] and "rollout/staleness" not in metrics[-1]
+
+
+def test_an_async_run_trains_one_step_behind_on_the_engines_log_probs(tiny_model_dir):
+    """k = 1, a sync after every step: batch s was sampled by the weights of step s - 1 (step 0's by the
+    initial ones), so rollout/staleness is 0, 1, 1, 1; the batches are the dataloader's, in its order; the behaviour
+    log-probs are the engine's, those of the weights that sampled them (within float32 rounding of a cached decode
+    against one forward), and a step behind they differ from the trained policy's, which the truncated importance
+    weights correct for."""
+    record, engine = Record(), CopyEngine()
+    module = rloo(tiny_model_dir, engine=engine, max_staleness=1, importance_sampling=ImportanceSampling(cap=2.0))
+    fit(module, data(), STEPS, callbacks=[record])
+    assert [m["rollout/staleness"] for m in record.metrics] == [0.0, 1.0, 1.0, 1.0]
+    assert record.versions == [0, 0, 1, 2]
+    assert record.prompts == dataloader_prompts(STEPS)
+    assert all(engine_gap < 1e-4 for engine_gap, _ in record.gaps), record.gaps
+    assert record.gaps[0][1] < 1e-4 and all(trained_gap > 1e-3 for _, trained_gap in record.gaps[1:]), record.gaps
+    assert all(0 < m["rollout/is_weight_mean"] and m["rollout/is_weight_max"] <= 2.0 for m in record.metrics)
+    assert record.metrics[-1]["rollout/is_masked_frac"] == 0 and engine.version == 1 + STEPS   # start + each step
+    assert module.rollouts is None and all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_validation_and_a_logging_collect_run_beside_the_producer(tiny_model_dir):
+    """k = 2: batches 0-2 come from the initial weights, batch s >= 2 from those of step s - 2. GRPO's dynamic
+    sampling logs from its collect, which runs on the producer thread: the value reaches the step that trains that
+    rollout. Validation every 2 steps waits for the producer and uses the engine alone."""
+    record = Record()
+    torch.manual_seed(0)
+    module = GRPO(model=tiny_model_dir, group_size=2, sampling=SAMPLING, reward=DigitShare(), dynamic_sampling=True,
+                  max_resample_rounds=1, engine=CopyEngine(), max_staleness=2, val_sampling=SAMPLING.greedy)
+    fit(module, data(), STEPS, callbacks=[record], limit_val_batches=1, val_check_interval=2)
+    assert [m["rollout/staleness"] for m in record.metrics] == [0.0, 1.0, 2.0, 2.0]
+    assert all("rollout/resample_rounds" in m for m in record.metrics)
+    assert "val/reward_mean" in record.metrics[-1] and record.prompts == dataloader_prompts(STEPS)
+
+
+def test_a_resumed_async_run_trains_the_same_prompts_in_the_same_order(tiny_model_dir, tmp_path):
+    """Straight for 4 steps, or 2 steps, a checkpoint and a resume to 4: the same batches in the same order. The
+    rollouts generated ahead at the checkpoint are not in it: the resumed run regenerates them with the
+    checkpoint's weights (version 2, staleness 0 at its first step), so its weights differ from the straight run's
+    (as any two asynchronous runs' do: see lit_rl.async_rollouts)."""
+    straight = Record()
+    fit(rloo(tiny_model_dir, engine=CopyEngine(), max_staleness=1), data(), STEPS, callbacks=[straight])
+    first, resumed = Record(), Record()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True)
+    fit(rloo(tiny_model_dir, engine=CopyEngine(), max_staleness=1), data(), 2, callbacks=[first, checkpoint])
+    torch.manual_seed(123)                                              # the resumed process starts elsewhere
+    fit(rloo(tiny_model_dir, engine=CopyEngine(), max_staleness=1), data(), STEPS, callbacks=[resumed],
+        ckpt_path=str(tmp_path / "last.ckpt"))
+    assert first.prompts + resumed.prompts == straight.prompts == dataloader_prompts(STEPS)
+    assert resumed.versions == [2, 2] and [m["rollout/staleness"] for m in resumed.metrics] == [0.0, 1.0]
+
+
+def test_an_error_while_generating_ahead_stops_the_run_with_that_error(tiny_model_dir):
+    class Fails(RewardFunction):
+        calls = 0
+
+        def __call__(self, completion, meta):
+            Fails.calls += 1
+            if Fails.calls > 6:                                         # the second batch's rows
+                raise KeyError("the reward failed on the producer thread")
+            return Score(0.5)
+
+    module = rloo(tiny_model_dir, engine=CopyEngine(), max_staleness=1, reward=Fails())
+    with pytest.raises(KeyError, match="the reward failed on the producer thread"):
+        fit(module, data(), STEPS)
+    module.stop_rollouts()
+
+
+@pytest.mark.parametrize("engine, message", [
+    (None, r"max_staleness=1 .* HFEngine cannot generate there: it samples with the training model itself"),
+    (VLLMEngine(), r"VLLMEngine cannot generate there: its in-process vLLM engine is made to run on the thread"),
+], ids=["HFEngine", "VLLMEngine"])
+def test_engines_that_cannot_generate_in_the_background_are_refused(tiny_model_dir, engine, message):
+    with pytest.raises(ValueError, match=message):
+        RLOO(model=tiny_model_dir, reward=CountdownReward(), engine=engine, max_staleness=1)
+
+
+def test_bad_async_settings_are_named(tiny_model_dir):
+    with pytest.raises(ValueError, match="max_staleness must be >= 0"):
+        RLOO(model=tiny_model_dir, reward=CountdownReward(), max_staleness=-1)
+    with pytest.raises(ValueError, match="importance_sampling or importance_sampling_cap"):
+        RLOO(model=tiny_model_dir, reward=CountdownReward(), importance_sampling=ImportanceSampling(),
+             importance_sampling_cap=2.0)
+    with pytest.raises(ValueError, match="ERPD does not generate ahead"):
+        ERPD(model=tiny_model_dir, reward=CountdownReward(), engine=CopyEngine(), max_staleness=1)
+
+
+def test_the_cap_is_the_truncate_mode(tiny_model_dir):
+    """``importance_sampling_cap: C`` (older configs) is ``importance_sampling: {mode: truncate, cap: C}``."""
+    module = RLOO(model=tiny_model_dir, reward=CountdownReward(), importance_sampling_cap=1.5)
+    assert module.importance_sampling == ImportanceSampling("truncate", cap=1.5)
+
+
+def test_the_copy_engine_samples_from_its_copy_until_synced(tiny_model_dir):
+    """The copy is the policy's weights as of the last sync: a change to the policy reaches it only on sync."""
+    module = rloo(tiny_model_dir, engine=CopyEngine())
+    engine, policy = module.engine, module.policy
+    ids, mask = policy.encode_prompts(["numbers [1, 2] target 3: ", "numbers [4, 5] target 9: "], 8)
+
+    def greedy(engine_):
+        generation = engine_.generate(ids, mask, SAMPLING.greedy)
+        return generation.completion_ids * generation.completion_mask
+
+    before = greedy(engine)
+    with torch.no_grad():
+        policy.model.lm_head.weight.mul_(-1.0)                          # the greedy tokens change
+    hf = HFEngine()
+    hf.bind(policy.model, policy.tokenizer)
+    assert torch.equal(greedy(engine), before) and not torch.equal(greedy(hf), before)
+    engine.sync_weights(policy.model)
+    assert torch.equal(greedy(engine), greedy(hf)) and engine.version == 1
+    assert_close(engine.model.lm_head.weight, policy.model.lm_head.weight, rtol=0, atol=0)
