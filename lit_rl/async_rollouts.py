@@ -50,7 +50,7 @@ def check_engine(engine: RolloutEngine, max_staleness: int) -> None:
     thread while the policy trains (naming the engine and why)."""
     if max_staleness < 0:
         raise ValueError(f"max_staleness must be >= 0 (got {max_staleness})")
-    if max_staleness and (reason := engine.not_in_background) is not None:
+    if max_staleness and (reason := getattr(engine, "not_in_background", RolloutEngine.not_in_background)):
         raise ValueError(f"max_staleness={max_staleness} generates the next batches in a background thread while the "
                          f"policy trains, and {type(engine).__name__} cannot generate there: {reason}. Engines that "
                          f"can: lit_rl.VLLMServerEngine, lit_rl.CopyEngine; max_staleness: 0 works with every engine")

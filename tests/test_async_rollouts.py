@@ -197,3 +197,30 @@ def test_the_copy_engine_samples_from_its_copy_until_synced(tiny_model_dir):
     engine.sync_weights(policy.model)
     assert torch.equal(greedy(engine), greedy(hf)) and engine.version == 1
     assert_close(engine.model.lm_head.weight, policy.model.lm_head.weight, rtol=0, atol=0)
+
+
+def test_the_cli_trains_and_resumes_an_async_run(tmp_path, tiny_model_dir):
+    """``lit-rl fit`` with ``max_staleness``, ``importance_sampling`` and ``CopyEngine`` from the command line: the
+    settings are saved with the checkpoint (and load with torch's safe unpickler), and a resume of it is the same
+    run (checked by lit-rl's resume) and goes on logging the staleness and the weights' statistics."""
+    from test_cli import run_cli
+
+    from conftest import ROOT
+
+    args = ["--config", str(ROOT / "cli_configs" / "rloo.yaml"), "--model.init_args.model", tiny_model_dir,
+            "--trainer.default_root_dir", str(tmp_path / "runs"), "--model.init_args.sampling.max_new_tokens", "8",
+            "--data.init_args.batch_size", "2", "--model.init_args.val_sampling.max_new_tokens", "8",
+            "--data.init_args.val_size", "4", "--model.init_args.max_staleness", "1",
+            "--model.init_args.engine", "lit_rl.CopyEngine", "--model.init_args.importance_sampling.mode", "mask"]
+    first = run_cli("fit", *args, "--trainer.max_steps", "2", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs" / "rloo").iterdir()
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    resumed = run_cli("fit", *args, "--trainer.max_steps", "3", "--ckpt_path", str(checkpoint), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "same algorithm, model, data and settings" in resumed.stdout + resumed.stderr
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"rollout/staleness", "rollout/is_masked_frac", "time/wait_rollout"} <= set(header)
+    staleness = [row.split(",")[header.index("rollout/staleness")] for row in rows[1:]]
+    assert [float(s) for s in staleness if s] == [0.0, 1.0, 0.0]        # steps 0, 1, and 2 resumed from step 2

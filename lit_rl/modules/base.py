@@ -626,6 +626,7 @@ class RLModule(PolicyModule):
         self.log("rollout/staleness", float(self.global_step - rollout.version), batch_size=len(rollout))
         return rollout
 
+    @torch.no_grad()
     def produce(self, batch: dict[str, list]) -> RolloutBatch:
         """On the producer thread: :meth:`collect` one batch, recording the policy version of the engine's weights."""
         version = self.synced_step                                      # no sync runs while the producer works
