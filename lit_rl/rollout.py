@@ -143,7 +143,8 @@ class CopyEngine(HFEngine):
     sharded policies (FSDP2, ZeRO-3) are refused, since each rank would hold a full copy gathered at every sync
     (use ``VLLMServerEngine`` there). Sampling draws from torch's global random generator, as ``HFEngine`` does:
     in a background thread it shares that stream with the trainer's thread, so an asynchronous run is not
-    reproducible bit for bit (a synchronous one is).
+    reproducible bit for bit (a synchronous one is). On the training GPU its kernels queue on the stream the
+    training's do, so what overlaps there is the host's share of a step (decoding, scoring, Python), not the device's.
     """
 
     not_in_background = None

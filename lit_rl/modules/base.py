@@ -630,6 +630,8 @@ class RLModule(PolicyModule):
     def produce(self, batch: dict[str, list]) -> RolloutBatch:
         """On the producer thread: :meth:`collect` one batch, recording the policy version of the engine's weights."""
         version = self.synced_step                                      # no sync runs while the producer works
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)                          # a thread's current device is its own
         return replace(self.collect(batch["prompt"], batch["meta"]), version=version)
 
     def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
