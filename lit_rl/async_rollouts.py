@@ -18,9 +18,10 @@ start of the fit, batches ``0..k`` may be generated at once, and after step ``t`
 up to ``t + k`` are generated, then syncs the engine's weights (every ``sync_every_n_steps`` optimizer steps, as
 without ``k``), then lets the producer start batch ``t + k + 1``. So batch ``s`` was sampled by the weights synced
 after step ``s - k - 1``: ``rollout/staleness`` (optimizer steps behind the trained policy) is exactly ``k`` from
-step ``k`` on with one optimizer step per batch and ``sync_every_n_steps: 1``, and at most ``k + sync_every_n_steps
-- 1`` batches' steps in general. A sync never happens while the producer generates; validation waits for the
-producer's current batch before it uses the engine.
+step ``k`` on with one optimizer step per batch and ``sync_every_n_steps: 1``; with ``sync_every_n_steps: m`` it is
+at most ``k + m - 1``, and ``num_iterations`` or ``mini_batches`` above 1 multiply it by the optimizer steps per
+batch. A sync never happens while the producer generates; validation waits for the producer's current batch before
+it uses the engine.
 
 **Resume.** A checkpoint records, as always, the dataloader's position (the batches trained) and the weights. The
 rollouts generated ahead and not yet trained are not saved: a resumed run starts a new producer at the recorded
