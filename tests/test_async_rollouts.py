@@ -226,3 +226,36 @@ def test_the_cli_trains_and_resumes_an_async_run(tmp_path, tiny_model_dir):
     assert {"rollout/staleness", "rollout/is_masked_frac", "time/wait_rollout"} <= set(header)
     staleness = [row.split(",")[header.index("rollout/staleness")] for row in rows[1:]]
     assert [float(s) for s in staleness if s] == [0.0, 1.0, 0.0]        # steps 0, 1, and 2 resumed from step 2
+
+
+def test_the_lockstep_schedule_fixes_which_weights_sample_which_batch():
+    """The pipeline alone, with a stand-in producer that records the weight version it sees: for k = 0..3, batch s
+    is produced with version max(0, s - k), whatever the threads' timing, and the trainer never waits past it."""
+    from lit_rl.async_rollouts import RolloutPipeline
+    from lit_rl.timing import PhaseTimer
+
+    for k in range(4):
+        state = {"version": 0}
+        batches = [{"prompt": [f"p{s}"], "meta": [{}]} for s in range(8)]
+        pipeline = RolloutPipeline(lambda batch: (batch["prompt"][0], state["version"]), iter(batches), k,
+                                   PhaseTimer())
+        seen = []
+        for batch in batches[:6]:
+            seen.append(pipeline.take(batch).rollout)
+            pipeline.wait_for_schedule()
+            state["version"] += 1                                       # the optimizer step and the sync
+            pipeline.permit()
+        pipeline.close()
+        assert seen == [(f"p{s}", max(0, s - k)) for s in range(6)], (k, seen)
+
+
+def test_a_dataloader_that_cannot_be_read_ahead_is_named():
+    from lit_rl.async_rollouts import RolloutPipeline, read_ahead
+    from lit_rl.timing import PhaseTimer
+
+    with pytest.raises(ValueError, match="needs a dataloader whose order follows from its state_dict .* got list"):
+        read_ahead([{"prompt": ["a"], "meta": [{}]}], {"prompt": ["a"], "meta": [{}]})
+    pipeline = RolloutPipeline(lambda batch: batch, iter([{"prompt": ["a"], "meta": [{}]}]), 1, PhaseTimer())
+    with pytest.raises(RuntimeError, match="made for other prompts than the batch Lightning handed this step"):
+        pipeline.take({"prompt": ["b"], "meta": [{}]})
+    pipeline.close()
