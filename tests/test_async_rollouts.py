@@ -259,3 +259,29 @@ def test_a_dataloader_that_cannot_be_read_ahead_is_named():
     with pytest.raises(RuntimeError, match="made for other prompts than the batch Lightning handed this step"):
         pipeline.take({"prompt": ["b"], "meta": [{}]})
     pipeline.close()
+
+
+def test_under_ddp_each_rank_generates_its_own_batches_ahead(tmp_path):
+    """2 processes (DDP on CPU, tests/async_ddp_run.py): each rank's producer reads its own share of the batches
+    ahead and trains it one step behind (staleness 0, 1, 1); the ranks train different prompts, together those of
+    one process with twice the batch, and their engines follow every sync."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "async_ddp_run.py"), str(tmp_path)], env=env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for rank in ranks:
+        assert [s["staleness"] for s in rank["steps"]] == [0.0, 1.0, 1.0]
+        assert [s["version"] for s in rank["steps"]] == [0, 0, 1] and rank["syncs"] == 1 + 3
+    one_process = CountdownData(batch_size=2, train_size=64, val_size=4)
+    one_process.setup()
+    order = [batch["prompt"] for batch in islice(one_process.train_dataloader(), 6)]
+    assert [s["prompts"] for s in ranks[0]["steps"]] == order[0::2]
+    assert [s["prompts"] for s in ranks[1]["steps"]] == order[1::2]
