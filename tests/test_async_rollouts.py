@@ -101,9 +101,22 @@ def test_an_async_run_trains_one_step_behind_on_the_engines_log_probs(tiny_model
     assert record.prompts == dataloader_prompts(STEPS)
     assert all(engine_gap < 1e-4 for engine_gap, _ in record.gaps), record.gaps
     assert record.gaps[0][1] < 1e-4 and all(trained_gap > 1e-3 for _, trained_gap in record.gaps[1:]), record.gaps
-    assert all(0 < m["rollout/is_weight_mean"] and m["rollout/is_weight_max"] <= 2.0 for m in record.metrics)
+    assert all(0 < m["rollout/is_weight_mean"] and m["rollout/is_weight_max"] <= 2.0 + 1e-6 for m in record.metrics)
     assert record.metrics[-1]["rollout/is_masked_frac"] == 0 and engine.version == 1 + STEPS   # start + each step
     assert module.rollouts is None and all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_sequence_rejection_drops_the_stale_samples(tiny_model_dir):
+    """k = 1 with sequences rejected outside a geometric-mean ratio of [0.99, 1.01]: step 0 trains on the weights
+    that sampled it and keeps every sample; a step behind, samples the update moved by more than 1% per token on
+    average are dropped (weight 0), and those kept are truncated at the cap."""
+    record = Record()
+    setting = ImportanceSampling("reject_sequence", cap=1.2, low=0.99, high=1.01)
+    fit(rloo(tiny_model_dir, engine=CopyEngine(), max_staleness=1, importance_sampling=setting), data(), STEPS,
+        callbacks=[record])
+    dropped = [m["rollout/is_masked_frac"] for m in record.metrics]
+    assert dropped[0] == 0 and all(d > 0 for d in dropped[1:]), dropped
+    assert all(m["rollout/is_weight_max"] <= 1.2 + 1e-6 for m in record.metrics), record.metrics  # float32 e^ln 1.2
 
 
 def test_validation_and_a_logging_collect_run_beside_the_producer(tiny_model_dir):
