@@ -10,11 +10,12 @@ from lit_rl.modules import (
     RLModule,
 )
 from lit_rl.multiturn import MultiTurn
+from lit_rl.objectives import ImportanceSampling
 from lit_rl.offline import OfflineData
 from lit_rl.policy import LoraSettings, Policy
 from lit_rl.rewards import FormatReward, FunctionReward, MathReward, RemoteReward, RewardFunction, Rewards, Score
 from lit_rl.rewards.model import RewardModel
-from lit_rl.rollout import Generation, HFEngine, RolloutBatch, RolloutEngine, Sampling
+from lit_rl.rollout import CopyEngine, Generation, HFEngine, RolloutBatch, RolloutEngine, Sampling
 from lit_rl.tasks.countdown import CountdownData, CountdownFeedback, CountdownReward
 from lit_rl.tools import Tools
 from lit_rl.vllm_engine import VLLMEngine
@@ -36,4 +37,5 @@ __all__ = [
     "CompletionLog", "FormatReward", "FunctionReward", "MathReward", "PromptData", "RemoteReward", "RewardModel", "RewardModelTraining", "Rewards", "render_prompt",
     "Collector", "Environment", "EnvStep", "MultiTurn", "SingleTurn", "Tools", "VLLMServerEngine",
 ]
-__all__ += ["FSDP2", "Critic", "CriticSettings", "ERPD", "ERPDStageSwitch", "PPO", "Teacher"]
+__all__ += ["CopyEngine", "FSDP2", "ImportanceSampling"]
+__all__ += ["Critic", "CriticSettings", "ERPD", "ERPDStageSwitch", "PPO", "Teacher"]

@@ -1,6 +1,8 @@
 """Rollouts: sampling settings, the engine protocol (HF ``generate`` here; vLLM plugs in the same way),
 and :class:`RolloutBatch`, the scored samples one training step learns from."""
 
+import copy
+import threading
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -58,6 +60,11 @@ class Generation:
 class RolloutEngine:
     """Generates ``n`` completions per prompt and keeps its weights in step with the trained policy."""
 
+    not_in_background: str | None = "it does not say that it can generate from another thread while the policy trains"
+    """Why :meth:`generate` may not run in a background thread while the trainer steps the policy (a module's
+    ``max_staleness > 0``, :mod:`lit_rl.async_rollouts`); ``None`` for an engine that may: one that samples from
+    weights of its own, and whose ``generate`` and ``sync_weights`` may be called from two threads."""
+
     def bind(self, model: nn.Module, tokenizer: Any) -> None:
         """Attach the policy being trained (called once, by the module, in ``setup``)."""
         raise NotImplementedError
@@ -86,6 +93,9 @@ class HFEngine(RolloutEngine):
     no per-step processor objects): the same greedy tokens and the same sampling distribution, less Python per
     token. Under FSDP2 or ZeRO-3, where every forward is a collective, it leaves the ranks' lock-step to
     ``generate``."""
+
+    not_in_background = ("it samples with the training model itself, so a background thread would read the weights "
+                         "while the optimizer writes them")
 
     def __init__(self, return_logps: bool = False, fast_decode: bool = False) -> None:
         self.return_logps, self.fast_decode = return_logps, fast_decode
@@ -161,6 +171,56 @@ class CompletionStop(StoppingCriteria):
         return stopped(input_ids[:, self.prompt_length:], ended, self.stop, self.decode)
 
 
+class CopyEngine(HFEngine):
+    """Samples with ``transformers`` ``generate`` on a frozen copy of the policy that ``sync_weights`` refreshes.
+
+    The shape of a vLLM engine (weights of its own, copied from the policy on every sync) without vLLM: the
+    module's ``sync_every_n_steps`` decides how stale the copy may get, and with ``max_staleness > 0`` the copy
+    generates in a background thread while the policy trains (:mod:`lit_rl.async_rollouts`), on CPU as on a GPU.
+    The trainer never touches the copy, and a lock makes ``generate`` and ``sync_weights`` take turns, so a
+    background thread is safe. Behaviour log-probs are on by default (``return_logps``): the off-policy
+    correction (``importance_sampling``) and ``rollout/logp_diff`` read them.
+
+    Costs and limits: a second copy of the weights (made when the module is built, moved to the policy's device
+    on the first sync); under LoRA the copy is of the whole adapted model and the sync copies every tensor;
+    sharded policies (FSDP2, ZeRO-3) are refused, since each rank would hold a full copy gathered at every sync
+    (use ``VLLMServerEngine`` there). Sampling draws from torch's global random generator, as ``HFEngine`` does:
+    in a background thread it shares that stream with the trainer's thread, so an asynchronous run is not
+    reproducible bit for bit (a synchronous one is). On the training GPU its kernels queue on the stream the
+    training's do, so what overlaps there is the host's share of a step (decoding, scoring, Python), not the device's.
+    """
+
+    not_in_background = None
+
+    def __init__(self, return_logps: bool = True, fast_decode: bool = False) -> None:
+        super().__init__(return_logps=return_logps, fast_decode=fast_decode)
+        self.lock = threading.Lock()
+        self.version = 0                                                # weight syncs so far
+
+    def bind(self, model: nn.Module, tokenizer: Any) -> None:
+        """Attach the policy: the engine samples from a frozen copy of it, made now."""
+        if zero3_partitioned(model):
+            raise ValueError("CopyEngine keeps a full copy of the policy, and this one is partitioned by DeepSpeed "
+                             "ZeRO-3; use VLLMServerEngine or HFEngine")
+        super().bind(copy.deepcopy(model).eval().requires_grad_(False), tokenizer)
+
+    def sync_weights(self, model: nn.Module) -> None:
+        """Copy the policy's current weights (and its device) into the engine's copy."""
+        if is_sharded(model):
+            raise ValueError("CopyEngine cannot follow a sharded policy (FSDP2, ZeRO-3): every rank would gather a "
+                             "full copy at each sync; use VLLMServerEngine, or HFEngine")
+        with self.lock, torch.no_grad():
+            self.model.to(next(model.parameters()).device)
+            self.model.load_state_dict(model.state_dict())
+            self.version += 1
+
+    def generate(self, prompt_ids: Tensor, prompt_mask: Tensor, sampling: Sampling, n: int = 1) -> Generation:
+        with self.lock:
+            generation = super().generate(prompt_ids, prompt_mask, sampling, n)
+            generation.version = self.version
+        return generation
+
+
 def per_token(**kwargs: Any) -> Any:
     """A :class:`RolloutBatch` field with one value per completion token (``[B, C]``): cut and padded along
     the completion by ``select`` and ``cat``."""
@@ -182,7 +242,8 @@ class RolloutBatch:
     the parts of a combined reward by name (NaN where a part gave none), ``correct`` 1/0, or NaN where the
     reward has no notion of correctness. ``prompts`` are the dataset's prompts (text or chat messages), ``texts``
     the completions' text (a multi-turn episode's turns and observations as the model read them) and ``turns``
-    an episode's turns as chat messages. ``source`` is ``policy`` (sampled now) or ``dataset`` (replayed).
+    an episode's turns as chat messages. ``source`` is ``policy`` (sampled now) or ``dataset`` (replayed), and
+    ``version`` the policy version that sampled it, where recorded.
     """
 
     prompt_ids: Tensor                                                  # [B, P], left-padded
@@ -210,6 +271,9 @@ class RolloutBatch:
     gold_scores: Tensor | None = None                                   # [B], logged, never trained on
     gold_correct: Tensor | None = None                                  # [B] float: 1, 0, NaN
     truncated: Tensor | None = None                                     # [B] bool: the context filled up first
+    version: int | None = None
+    """The policy version that sampled it: the optimizer steps behind the engine's weights (``None``: not recorded;
+    rollouts generated ahead of training record it, :mod:`lit_rl.async_rollouts`). A concatenation keeps the oldest."""
 
     def __post_init__(self) -> None:
         if self.loss_mask is None:                                      # single turn: trained where attended
@@ -269,6 +333,8 @@ class RolloutBatch:
                 values[f.name] = torch.cat([nn.functional.pad(p, (prompt_width - p.shape[1], 0)) for p in parts])
             elif f.name in ("group_size", "source"):
                 values[f.name] = parts[0]
+            elif f.name == "version":
+                values[f.name] = None if None in parts else min(parts)
             elif f.name in ("metas", "prompts", "texts", "turns"):
                 values[f.name] = [m for part in parts for m in part]
             elif f.name == "components":

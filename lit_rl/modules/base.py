@@ -6,7 +6,8 @@ never from the module itself. ``RLModule`` adds the on-policy loop: ``G`` scored
 collector, log-probs of the old policy and the reference, advantages (the algorithm's), then one or more
 optimizer steps over micro-batches with a global normaliser. An algorithm overrides :meth:`RLModule.advantages`
 and/or :meth:`RLModule.policy_loss`, nothing else; GRPO, PPO and ERPD's teachers hold their per-token loss as a
-value of ``lit_rl.losses``, which :meth:`RLModule.token_loss` calls.
+value of ``lit_rl.losses``, which :meth:`RLModule.token_loss` calls. With ``max_staleness > 0`` the samples of
+the next batches are generated in a background thread while a step trains (``lit_rl.async_rollouts``).
 """
 
 import random
@@ -21,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from lit_rl.async_rollouts import RolloutPipeline, check_engine, deferred_logs, read_ahead
 from lit_rl.chat import ChatTemplate
 from lit_rl.collect import Collector, Sampler, SingleTurn, replay
 from lit_rl.checkpointing import SafeCheckpoints, nonfinite
@@ -29,7 +31,7 @@ from lit_rl.distributed import (check_clipping, deepspeed_grad_norm, fully_shard
 from lit_rl.errors import ResumeMismatch
 from lit_rl.export import adapter_weights, export_pretrained, is_sharded, merged_state_dict
 from lit_rl.objectives import Aggregation, KLEstimator, aggregate, kl_penalty, policy_gradient_loss, zero_std_groups
-from lit_rl.objectives import logp_diff, mean_at_k, pass_at_k, truncated_importance_weights
+from lit_rl.objectives import ImportanceSampling, logp_diff, mean_at_k, pass_at_k
 from lit_rl.offline import StoredGroups
 from lit_rl.policy import LoraSettings, Policy, PolicyOutput
 from lit_rl.resume import MODULE_KEY, module_mismatch
@@ -39,7 +41,7 @@ from lit_rl.rollout import HFEngine, RolloutBatch, RolloutEngine, Sampling, accu
 from lit_rl.timing import PhaseTimer
 
 # Settings dataclasses are saved with the hyperparameters; let checkpoints load with torch's safe unpickler.
-torch.serialization.add_safe_globals([Sampling, LoraSettings])
+torch.serialization.add_safe_globals([Sampling, LoraSettings, ImportanceSampling])
 
 
 def optimizers(optimizer_fn: Any, lr_scheduler_fn: Any, parameters: Any) -> Any:
@@ -362,11 +364,13 @@ class RLModule(PolicyModule):
         micro_batch_size: int | None = None,
         num_iterations: int = 1,
         mini_batches: int = 1,
+        importance_sampling: ImportanceSampling | None = None,
         importance_sampling_cap: float | None = None,
         shared_prompt_forward: bool = False,
         packed_sequences: bool = False,
         max_tokens_per_micro_batch: int | None = None,
         advantage_estimator: Callable[[Tensor, int], Tensor] | None = None,
+        max_staleness: int = 0,
         **kwargs: Any,
     ) -> None:
         """
@@ -385,8 +389,13 @@ class RLModule(PolicyModule):
             num_iterations: optimisation passes over each rollout batch (GRPO's ``mu``, PPO's epochs).
             mini_batches: optimizer steps per pass (the rollout is shuffled and split). Past one pass or one
                 step the batch is off-policy, so the old log-probs are computed (see :meth:`needs_old_logps`).
-            importance_sampling_cap: weight each token's policy loss by ``min(pi_old / pi_engine, cap)``
-                (truncated importance sampling; needs an engine that returns log-probs, e.g. ``VLLMEngine``).
+            importance_sampling: weight each token's policy loss by its ratio ``pi_old / pi_engine``, bounded by
+                truncation, token masking or whole-sequence rejection (``{mode: truncate|mask|reject_sequence, cap,
+                low, high}``, :class:`lit_rl.objectives.ImportanceSampling`); needs an engine that returns log-probs
+                (``VLLMEngine``, ``VLLMServerEngine``, ``CopyEngine``). Logs ``rollout/is_weight_mean``,
+                ``rollout/is_weight_max``, ``rollout/is_masked_frac`` and ``rollout/is_clipped_frac``.
+            importance_sampling_cap: ``C`` of ``importance_sampling: {mode: truncate, cap: C}`` (truncated importance
+                sampling, ``min(pi_old / pi_engine, C)``), as configs written before ``importance_sampling`` say it.
             shared_prompt_forward: compute each prompt once for its ``G`` samples in every forward (training, old
                 and reference log-probs): the prompt runs alone and the completions on its key/value cache
                 (``lit_rl.policy.shared_prompt_forward``; not under gradient checkpointing).
@@ -401,6 +410,11 @@ class RLModule(PolicyModule):
             advantage_estimator: replaces the algorithm's advantages with ``estimator(rewards, group_size)``
                 (``lit_rl.objectives.LeaveOneOut``, ``GroupNormalized``, or any callable of that signature), to
                 try another estimator with an algorithm's loss; ``rollout/advantage_mean`` and ``_std`` are logged.
+            max_staleness: ``k``: sample and score the next ``k`` batches on the engine in a background thread while
+                the current batch trains, so batch ``s`` is sampled by the weights synced after step ``s - k - 1``
+                (``rollout/staleness`` logs the optimizer steps behind; correct for it with
+                ``importance_sampling``). 0: the synchronous loop. Needs an engine with weights of its own that may
+                generate from another thread (``VLLMServerEngine``, ``CopyEngine``); see ``lit_rl.async_rollouts``.
         """
         super().__init__(**kwargs)
         if group_size < 1:
@@ -420,10 +434,16 @@ class RLModule(PolicyModule):
                 raise ValueError(f"{name} must be >= 1 (got {value})")
         self.group_size, self.sampling, self.aggregation = group_size, sampling, aggregation
         self.kl_coef, self.kl_estimator, self.kl_in_reward = kl_coef, kl_estimator, kl_in_reward
-        if importance_sampling_cap is not None and importance_sampling_cap <= 0:
-            raise ValueError(f"importance_sampling_cap must be > 0 or null (got {importance_sampling_cap})")
+        if importance_sampling_cap is not None:
+            if importance_sampling_cap <= 0:
+                raise ValueError(f"importance_sampling_cap must be > 0 or null (got {importance_sampling_cap})")
+            if importance_sampling is not None:
+                raise ValueError("set importance_sampling or importance_sampling_cap (its truncate mode), not both")
+            importance_sampling = ImportanceSampling("truncate", cap=importance_sampling_cap)
+        check_engine(self.engine, max_staleness)
+        self.importance_sampling, self.max_staleness = importance_sampling, max_staleness
+        self.rollouts: RolloutPipeline | None = None                    # the producer, while a fit with k > 0 runs
         self.max_grad_norm, self.micro_batch_size = max_grad_norm, micro_batch_size
-        self.importance_sampling_cap = importance_sampling_cap
         self.num_iterations, self.mini_batches, self.log_kl = num_iterations, mini_batches, log_kl
         self.automatic_optimization = False
         self.policy.shared_prompt_forward = shared_prompt_forward
@@ -506,7 +526,8 @@ class RLModule(PolicyModule):
         """The training batch of one step, derived from the collector's samples in named steps (each returns
         what it computes; nothing is written into a batch after it is made):
 
-        1. sample and score with the collector (or replay a batch of stored groups), and log them;
+        1. sample and score with the collector (or replay a batch of stored groups; or take what the background
+           producer sampled and scored for this batch, :meth:`rollout_ahead`), and log them;
         2. keep the rows the objective learns from (:meth:`select_rows`);
         3. old log-probs where needed, with the engine's log-probs compared and importance weights;
         4. reference log-probs where needed;
@@ -514,7 +535,9 @@ class RLModule(PolicyModule):
         6. a critic's values and value targets (:meth:`value_targets`);
         7. advantages: the module's (:meth:`advantages`) or its ``advantage_estimator``'s.
         """
-        if isinstance(batch, StoredGroups):
+        if self.max_staleness:
+            samples = self.rollout_ahead(batch)
+        elif isinstance(batch, StoredGroups):
             samples = replay(self.sampler, batch)
         else:
             samples = self.collect(batch["prompt"], batch["meta"])
@@ -534,10 +557,10 @@ class RLModule(PolicyModule):
 
     def old_logps(self, samples: RolloutBatch) -> tuple[Tensor | None, Tensor | None]:
         """Step 3: the sampling policy's log-probs when :meth:`needs_old_logps` or the engine returned its own
-        (then compared with them, and the truncated importance weights when ``importance_sampling_cap``)."""
+        (then compared with them, and the importance weights when ``importance_sampling``)."""
         engine_logps = samples.behaviour_logps is not None and not samples.from_dataset
-        if not engine_logps and self.importance_sampling_cap is not None and not samples.from_dataset:
-            raise ValueError(f"importance_sampling_cap needs an engine that returns log-probs; "
+        if not engine_logps and self.importance_sampling is not None and not samples.from_dataset:
+            raise ValueError(f"importance_sampling needs an engine that returns log-probs; "
                              f"{type(self.engine).__name__} returned none")
         if not (self.needs_old_logps(samples) or engine_logps):
             return None, None
@@ -547,10 +570,13 @@ class RLModule(PolicyModule):
             return old_logps, None
         mean_diff, max_diff = logp_diff(old_logps, samples.behaviour_logps, samples.loss_mask)
         self.log_dict({"rollout/logp_diff": mean_diff, "rollout/logp_diff_max": max_diff}, batch_size=len(samples))
-        if self.importance_sampling_cap is None:
+        if self.importance_sampling is None:
             return old_logps, None
-        return old_logps, truncated_importance_weights(old_logps, samples.behaviour_logps, samples.loss_mask,
-                                                       self.importance_sampling_cap)
+        args = (old_logps, samples.behaviour_logps, samples.loss_mask)
+        weights = self.importance_sampling.weights(*args)
+        stats = self.importance_sampling.stats(weights, *args)
+        self.log_dict({f"rollout/is_{name}": value for name, value in stats.items()}, batch_size=len(samples))
+        return old_logps, weights
 
     def reference_logps(self, samples: RolloutBatch) -> Tensor:
         """Step 4: the reference's log-probs."""
@@ -599,6 +625,71 @@ class RLModule(PolicyModule):
         fields = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
         out = [logps_fn(*(f[a:b] for f in fields), self.sampling.logit_temperature) for a, b in cuts]
         return torch.cat(out) * rollout.loss_mask
+
+    # ------------------------------------------------------- max_staleness > 0: rollouts generated ahead
+    def rollout_ahead(self, batch: dict[str, list]) -> RolloutBatch:
+        """Step 1 with ``max_staleness > 0``: the rollout the background producer sampled and scored for ``batch``
+        (started at the fit's first step), with the producer's phases and logs, and ``rollout/staleness``."""
+        if isinstance(batch, StoredGroups):
+            raise ValueError("max_staleness > 0 generates rollouts ahead of training, and stored groups are replayed, "
+                             "not generated: set max_staleness: 0")
+        if self.rollouts is None:
+            batches = read_ahead(self.trainer.train_dataloader, batch)
+            self.rollouts = RolloutPipeline(self.produce, batches, self.max_staleness, self.timer)
+        with self.timer("wait_rollout"):
+            produced = self.rollouts.take(batch)
+        self.timer.merge(produced.seconds, produced.counts)            # time/generate: the producer's, earlier
+        for name, value, args, kwargs in produced.logs:
+            self.log(name, value, *args, **kwargs)
+        rollout = produced.rollout
+        self.log("rollout/staleness", float(self.global_step - rollout.version), batch_size=len(rollout))
+        return rollout
+
+    @torch.no_grad()
+    def produce(self, batch: dict[str, list]) -> RolloutBatch:
+        """On the producer thread: :meth:`collect` one batch, recording the policy version of the engine's weights."""
+        version = self.synced_step                                      # no sync runs while the producer works
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)                          # a thread's current device is its own
+        return replace(self.collect(batch["prompt"], batch["meta"]), version=version)
+
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        """Lightning's ``log``; called on the producer thread (GRPO's ``rollout/resample_rounds``), the value is kept
+        with its rollout and logged when the rollout is trained."""
+        if (kept := deferred_logs()) is not None:
+            kept.append((name, value, args, kwargs))
+            return
+        super().log(name, value, *args, **kwargs)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.rollouts is not None:                                   # the batches due before this sync
+            self.rollouts.wait_for_schedule()
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        if self.rollouts is not None and not 0 <= self.trainer.max_steps <= self.global_step:
+            self.rollouts.permit()
+
+    def on_validation_start(self) -> None:
+        if self.rollouts is not None:
+            self.rollouts.idle()                                        # the engine is validation's alone
+        super().on_validation_start()
+
+    def stop_rollouts(self) -> None:
+        """Stop the producer; the rollouts generated ahead and not trained are dropped."""
+        if self.rollouts is not None:
+            self.rollouts.close()
+            self.rollouts = None
+
+    def on_train_start(self) -> None:
+        self.stop_rollouts()                                            # one left by a fit that raised
+        super().on_train_start()
+
+    def on_train_end(self) -> None:
+        self.stop_rollouts()
+        super().on_train_end()
+
+    def teardown(self, stage: str) -> None:
+        self.stop_rollouts()
+        super().teardown(stage)
 
     def training_step(self, batch: dict[str, list] | StoredGroups, batch_idx: int) -> dict[str, Tensor]:
         rollout = self.make_rollout(batch)

@@ -86,6 +86,10 @@ class ERPD(RLModule):
             raise ValueError(f"ERPD ensemble must be 'sequential' or 'simultaneous' (got {ensemble!r})")
         if student_mini_batch_size is not None and student_mini_batch_size < 1:
             raise ValueError(f"student_mini_batch_size must be >= 1 or null (got {student_mini_batch_size})")
+        if kwargs.get("max_staleness"):
+            raise ValueError("ERPD does not generate ahead (max_staleness must be 0): its stages sample from pi_old "
+                             "once per iteration and then train on that batch for many steps, so there is no "
+                             "generation per step to overlap with training")
         super().__init__(group_size=group_size, log_kl=log_kl, **kwargs)
         self.teachers, self.scale, self.student_lr = teachers, scale, student_lr
         self.student_kl_coef, self.student_entropy_coef = student_kl_coef, student_entropy_coef

@@ -31,7 +31,14 @@ from lit_rl.objectives.ppo import (
 )
 from lit_rl.objectives.evaluation import mean_at_k, pass_at_k
 from lit_rl.objectives.teacher import ce_loss, implicit_reward, mse_loss, sapo_loss
-from lit_rl.objectives.importance import logp_diff, truncated_importance_weights
+from lit_rl.objectives.importance import (
+    ImportanceSampling,
+    importance_weight_stats,
+    logp_diff,
+    masked_importance_weights,
+    sequence_rejected_importance_weights,
+    truncated_importance_weights,
+)
 from lit_rl.objectives.kl import KLEstimator, kl_penalty
 from lit_rl.objectives.losses import clipped_policy_loss, policy_gradient_loss, sft_loss
 from lit_rl.objectives.offpolicy import topr_loss
@@ -61,3 +68,5 @@ __all__ += [  # ERPD and PPO
 ]
 __all__ += ["PairMode", "bradley_terry_loss", "pairwise_accuracy", "preference_pairs"]  # reward models
 __all__ += ["mean_at_k", "pass_at_k"]  # evaluation
+__all__ += ["ImportanceSampling", "importance_weight_stats", "masked_importance_weights",  # off-policy correction
+            "sequence_rejected_importance_weights"]
