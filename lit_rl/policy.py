@@ -186,26 +186,54 @@ def shared_prompt_forward(model: nn.Module, prompt_ids: Tensor, prompt_mask: Ten
     return states, torch.cat([prompt.logits[:, -1:][groups], out.logits[:, :-1]], 1)
 
 
+def pack_rows(lengths: list[int]) -> tuple[int, list[list[int]]]:
+    """Rows into bins as wide as the longest row, first-fit by decreasing length: ``(width, rows of each bin)``.
+    Attention then costs at most what the padded batch's does (bins x width^2 <= rows x width^2), and the
+    linear layers run on about the real tokens."""
+    width, bins, room = max(lengths), [], []
+    for row in sorted(range(len(lengths)), key=lambda r: -lengths[r]):
+        fit = next((b for b, free in enumerate(room) if free >= lengths[row]), None)
+        if fit is None:
+            bins.append([]), room.append(width)
+            fit = len(bins) - 1
+        bins[fit].append(row)
+        room[fit] -= lengths[row]
+    return width, bins
+
+
 def packed_forward(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
                    completion_mask: Tensor, logits: bool = False) -> tuple[Tensor, Tensor | None]:
     """:func:`completion_forward` (last hidden states ``[B, C, H]``, logits ``[B, C, V]`` if asked) without padding:
-    every row's real tokens, prompt then completion, concatenated into one row with position ids restarting at
-    each row, and no attention mask and no cache, from which ``transformers`` builds attention that stays within
-    each row (its packed-sequence detection; with a mask or a cache it would attend across rows). The states
-    come back to each row's padded positions; padding positions hold zeros. The transformer then computes
-    ``sum_i (P_i + C_i)`` positions instead of ``B (P + C)``."""
-    ids, attention, positions = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
+    the rows' real tokens, prompt then completion, packed into bins as wide as the longest row
+    (:func:`pack_rows`), position ids restarting at each row, and no attention mask and no cache, from which
+    ``transformers`` builds attention that stays within each row (its packed-sequence detection; with a mask or a
+    cache it would attend across rows). A bin's unused tail is one more short sequence of padding that nothing
+    reads. The states come back to each row's padded positions; padding positions hold zeros."""
+    ids, attention, _ = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
     real = attention.bool()                                             # [B, P+C]
-    out, packed = model_forward(model, 0 if logits else 1, input_ids=ids[real][None],
-                                position_ids=positions[real][None], use_cache=False)   # [1, N, H]
+    lengths = real.sum(-1).tolist()
+    width, bins = pack_rows(lengths)
+    packed_ids = ids.new_zeros((len(bins), width))                      # [N_b, W]; a tail's ids are never read
+    positions = torch.zeros_like(packed_ids)                            # [N_b, W]
+    where = [0] * len(lengths)                                          # each row's first flat position
+    for b, rows in enumerate(bins):
+        offset = 0
+        for row in rows:
+            packed_ids[b, offset:offset + lengths[row]] = ids[row][real[row]]
+            positions[b, offset:offset + lengths[row]] = torch.arange(lengths[row])
+            where[row], offset = b * width + offset, offset + lengths[row]
+        positions[b, offset:] = torch.arange(width - offset)            # the tail: a sequence of its own
+    index = torch.cat([torch.arange(w, w + n) for w, n in zip(where, lengths)]).to(ids.device)   # row-major real
+    out, packed = model_forward(model, 0 if logits else 1, input_ids=packed_ids, position_ids=positions,
+                                use_cache=False)                        # [N_b, W, H]
     num_completion = completion_ids.shape[1]
     states = packed.new_zeros(*ids.shape, packed.shape[-1])             # [B, P+C, H]
-    states[real] = packed[0]
+    states[real] = packed.flatten(0, 1)[index]
     states = states[:, -num_completion - 1:-1]                          # [B, C, H]: position t-1 predicts t
     if not logits:
         return states, None
     full = out.logits.new_zeros(*ids.shape, out.logits.shape[-1])       # [B, P+C, V]
-    full[real] = out.logits[0]
+    full[real] = out.logits.flatten(0, 1)[index]
     return states, full[:, -num_completion - 1:-1]
 
 
