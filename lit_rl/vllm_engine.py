@@ -105,7 +105,8 @@ class VLLMEngine(RolloutEngine):
         if self.llm is None:
             return
         weights = list(merged_state_dict(model).items())
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        with torch.inference_mode():        # vLLM's weights are inference tensors if it started in inference mode
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.syncs += 1
 
     @torch.no_grad()

@@ -223,3 +223,26 @@ def test_an_exported_lora_policy_loads_in_vllm(tmp_path):
     from_vllm = [row[:row.index(eos) + 1] if eos in row else row for row in json.loads(result[len("RESULT "):])]
     hf = hf_greedy(policy)
     assert from_vllm == [row[row != 0].tolist() for row in hf]
+
+
+def test_lit_rl_fit_with_vllm_validates_first_then_trains(tmp_path):
+    """``lit-rl fit`` validates before training (the summary), in inference mode, so vLLM starts there and its
+    weights are inference tensors; the sync at the start of training then reloads them in inference mode too (it
+    failed with "Inplace update to inference tensor outside InferenceMode" before)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = subprocess.run(
+        [sys.executable, "-m", "lit_rl.cli", "fit", "--config", "cli_configs/grpo.yaml", "--trainer.max_steps", "2",
+         "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
+         "--data.init_args.val_size", "8", "--data.init_args.batch_size", "2",
+         "--model.init_args.sampling.max_new_tokens", "8", "--model.init_args.engine", "lit_rl.VLLMEngine",
+         "--model.init_args.engine.init_args.max_model_len", "128",
+         "--model.init_args.engine.init_args.gpu_memory_utilization", "0.25"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "gold" not in out.stdout and "accuracy" in out.stdout          # the summary: before and after
