@@ -22,7 +22,8 @@ ADDED_SETTINGS = {"model.init_args.num_iterations": 1, "model.init_args.mini_bat
                   "model.init_args.shared_prompt_forward": False, "model.init_args.packed_sequences": False,
                   "model.init_args.val_samples": 1, "model.init_args.model_kwargs": None,
                   "model.init_args.sync_every_n_steps": 1, "model.init_args.max_staleness": 0,
-                  "model.init_args.importance_sampling": None}
+                  "model.init_args.importance_sampling": None, "model.init_args.max_tokens_per_micro_batch": None,
+                  "model.init_args.critic": None}
 # Settings that change what is logged, not the run: a resume may switch them.
 LOGGING_SETTINGS = frozenset({"model.init_args.log_kl"})
 

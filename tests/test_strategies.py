@@ -8,7 +8,7 @@ import pytest
 from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
 
 from lit_rl.cli import LitRLCLI
-from lit_rl.distributed import check_clipping, shards_parameters
+from lit_rl.distributed import FSDP2, check_clipping, shards_parameters
 
 from conftest import ROOT
 
@@ -38,11 +38,15 @@ def test_ddp_fragment():
 
 
 def test_fsdp_fragment_is_fsdp2_and_instantiates():
+    """``lit_rl.FSDP2``: Lightning's ``ModelParallelStrategy`` without tensor parallelism, its data-parallel size
+    set to the world size at setup (the 2-process and 2-node runs of tests/test_distributed.py use it)."""
     config = parse("fsdp.yaml")
     strategy = config.trainer.strategy
-    assert strategy.class_path == "lightning.pytorch.strategies.ModelParallelStrategy"
-    built = ModelParallelStrategy(**strategy.init_args)
-    assert built._data_parallel_size == "auto" and built._tensor_parallel_size == 1
+    assert strategy.class_path == "lit_rl.FSDP2"
+    built = FSDP2(**(strategy.init_args or {}))
+    assert isinstance(built, ModelParallelStrategy) and built._tensor_parallel_size == 1
+    with pytest.raises(ValueError, match="lit_rl.FSDP2 sets data_parallel_size itself"):
+        FSDP2(data_parallel_size=2)
 
 
 @pytest.mark.parametrize("stage", [2, 3])

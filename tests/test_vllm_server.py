@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors import safe_open
 from torch.testing import assert_close
 
@@ -220,8 +221,8 @@ class Server:
     """``lit-rl serve`` in its own process group (vLLM starts an engine process beside the API server), its output
     in ``log``; ``stop`` ends the whole group."""
 
-    def __init__(self, log: Path) -> None:
-        self.port, self.log = free_port(), log
+    def __init__(self, log: Path, port: int | None = None) -> None:
+        self.port, self.log = port or free_port(), log
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}  # conftest's, in-process
         args = ["serve", "--model", MODEL, "--port", str(self.port), "--dtype", "float32", "--max-model-len", "256",
@@ -428,3 +429,49 @@ def test_the_example_config_trains_on_a_server(server, tmp_path):
     steps = [row.split(",")[header.index("step")] for row in rows[1:]]
     assert "rollout/logp_diff" in header and steps[-1] == "1"          # logged at steps 0 and 1
     assert (run_dir / "hf_model" / "model.safetensors").is_file()
+
+
+def test_a_server_killed_mid_run_stops_it_by_name_and_the_last_checkpoint_resumes_once_one_is_back(tmp_path):
+    """``lit-rl fit`` on a server that is killed after the run's second checkpoint: the run stops with an error
+    that names the server, the last checkpoint on disk is whole, and once a server is back on the same address
+    the resumed run trains to its last step."""
+    require_vllm()
+    config = yaml.safe_load((Path(__file__).parents[1] / "cli_configs" / "examples" / "countdown-vllm-server.yaml")
+                            .read_text())
+    config["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] = 1
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    server = Server(tmp_path / "first.log")
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    command = [sys.executable, "-m", "lit_rl.cli", "fit", "--config", str(tmp_path / "run.yaml"), "--summary",
+               "false", "--trainer.max_steps", "6", "--trainer.default_root_dir", str(tmp_path / "runs"),
+               "--trainer.enable_progress_bar", "false", "--data.init_args.batch_size", "2",
+               "--model.init_args.engine.init_args.urls", f"[{server.url}]",
+               "--model.init_args.engine.init_args.retries", "1"]
+    try:
+        server.wait_healthy()
+        run = subprocess.Popen(command, cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "runs").rglob("*step=2.ckpt")) and run.poll() is None:
+            assert time.monotonic() < deadline, "no second checkpoint in 300 s"
+            time.sleep(0.2)
+        server.stop()
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        server.stop()
+    assert run.returncode != 0
+    assert f"cannot reach {server.url}" in stderr, stderr[-3000:]
+    last = next((tmp_path / "runs").rglob("last.ckpt"))
+    saved = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 1 <= saved < 6
+
+    back = Server(tmp_path / "second.log", port=server.port)
+    try:
+        back.wait_healthy()
+        resumed = subprocess.run([*command, "--ckpt_path", str(last)], cwd=tmp_path, capture_output=True, text=True,
+                                 env={**env, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    finally:
+        back.stop()
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(next((tmp_path / "runs").rglob("last.ckpt")), map_location="cpu",
+                      weights_only=False)["global_step"] == 6

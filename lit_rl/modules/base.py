@@ -400,10 +400,10 @@ class RLModule(PolicyModule):
                 and reference log-probs): the prompt runs alone and the completions on its key/value cache
                 (``lit_rl.policy.shared_prompt_forward``; not under gradient checkpointing).
             packed_sequences: run every forward (training, old and reference log-probs, a value head's) without
-                padding: a micro-batch's rows as one row, position ids restarting at each, attention kept within
-                each row (``lit_rl.policy.packed_forward``), and the output layer on the completions' real
-                tokens only. Excludes ``shared_prompt_forward``, which runs completions on a cache with one row
-                per sample.
+                padding: a micro-batch's rows packed into bins as wide as its longest row, position ids restarting
+                at each row, attention kept within each row (``lit_rl.policy.packed_forward``), and the output
+                layer on the completions' real tokens only. Excludes ``shared_prompt_forward``, which runs
+                completions on a cache with one row per sample.
             max_tokens_per_micro_batch: cut micro-batches (and the rows of the old/reference log-prob and value
                 forwards) by a budget of real tokens, prompt and completion, instead of ``micro_batch_size``
                 rows; the loss keeps the step's global normaliser, so the gradient is the same.
@@ -428,7 +428,7 @@ class RLModule(PolicyModule):
         if packed_sequences and shared_prompt_forward:
             raise ValueError("packed_sequences and shared_prompt_forward exclude each other: the shared prompt "
                              "forward runs each sample's completion on a key/value cache with one row per sample, "
-                             "packing puts all rows in one; set one of them to false")
+                             "packing puts several rows in one; set one of them to false")
         for name, value in (("num_iterations", num_iterations), ("mini_batches", mini_batches)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1 (got {value})")
