@@ -69,7 +69,7 @@ def main(kind: str, devices: int, batch_size: int, out: str, algorithm: str = "r
     torch.manual_seed(0)
     extra = {"whiten_advantages": False} if algorithm != "rloo" else {}  # whitening reads each rank's batch
     if algorithm == "ppo_critic":                                        # a separate critic from the reward model
-        extra["critic"] = CriticSettings(model="builtin:countdown-rm", lr=3e-3, max_grad_norm=None)
+        extra["critic"] = CriticSettings(model="builtin:countdown-rm", max_grad_norm=None)   # the lr the bound assumes
     module = {"rloo": RLOO, "ppo": PPO, "ppo_critic": PPO}[algorithm](
         **extra, model="builtin:countdown-sft", group_size=2, aggregation="token_mean", engine=PromptSeededEngine(),
         sampling=Sampling(temperature=1.0, max_new_tokens=16), reward=PlusAndLength(), max_grad_norm=None,
