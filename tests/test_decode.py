@@ -5,8 +5,9 @@ log-probs of the trainer."""
 import torch
 from torch.testing import assert_close
 from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers.cache_utils import DynamicLayer
 
-from lit_rl.decode import filter_logits
+from lit_rl.decode import ReservedLayer, filter_logits
 from lit_rl.rollout import HFEngine, Sampling
 
 PROMPTS = ["numbers [1, 2] target 3: ", "Using the numbers [10, 4, 7], create an equation that equals 42.\n", "7"]
@@ -112,3 +113,22 @@ def test_a_module_trains_on_the_loop_single_and_multi_turn(tiny_model_dir):
     remax = ReMax(model=tiny_model_dir, reward=DigitShare(), group_size=2, sampling=SAMPLING,
                   engine=HFEngine(fast_decode=True), collector=MultiTurn(CountdownFeedback(), max_turns=2))
     assert fit(remax, 2).global_step == 2
+
+
+def test_the_reserved_cache_layer_is_a_repeated_dynamic_layer():
+    """``ReservedLayer`` holds what ``DynamicLayer`` holds after ``batch_repeat_interleave(n)`` and the same
+    updates, one position at a time and then two past its reserve (where it falls back to concatenation): the same
+    tensors copied, so exactly equal."""
+    torch.manual_seed(0)
+    prefill = [torch.randn(2, 3, 5, 4) for _ in range(2)]
+    plain, reserved = DynamicLayer(), DynamicLayer()
+    for layer in (plain, reserved):
+        layer.update(*prefill)
+    plain.batch_repeat_interleave(3)
+    reserved = ReservedLayer(reserved, 3, reserve=2)
+    assert torch.equal(reserved.keys, plain.keys) and torch.equal(reserved.values, plain.values)
+    for length in (1, 1, 2, 1):
+        new = [torch.randn(6, 3, length, 4) for _ in range(2)]
+        for got, want in zip(reserved.update(*new), plain.update(*new)):
+            assert torch.equal(got, want)
+    assert reserved.get_seq_length() == plain.get_seq_length() == 10
