@@ -337,14 +337,17 @@ class Policy(nn.Module):
         anew for each chunk's call (the forward's and the backward's recomputation, a vocabulary-sized all-gather
         each), and it releases a frozen weight (LoRA's base) right after the recomputing call, before the
         backward reads it. With ``shared_prompt_forward``, rows that repeat the row before's prompt (a group's
-        samples) share one prompt forward (:func:`shared_prompt_forward`); with ``packed_sequences``, the rows
-        run as one padding-free row (:func:`packed_forward`)."""
+        samples) share one prompt forward (:func:`shared_prompt_forward`; not under gradient checkpointing, where
+        the model keeps no cache); with ``packed_sequences``, the rows run padding-free (:func:`packed_forward`),
+        in place of the shared prompt forward."""
         model = model or self.model
-        groups = prompt_groups(prompt_ids, prompt_mask) if self.shared_prompt_forward else None
+        shared = (self.shared_prompt_forward and not self.packed_sequences
+                  and not getattr(model, "is_gradient_checkpointing", False))
+        groups = prompt_groups(prompt_ids, prompt_mask) if shared else None
         chunked = (self.logps_chunk_tokens is not None and not logits and not zero3_partitioned(model)
                    and logits_are_head_of_hidden(model, completion_ids))
         args = (model, prompt_ids, prompt_mask, completion_ids, completion_mask)
-        if groups is not None and not getattr(model, "is_gradient_checkpointing", False):
+        if groups is not None:
             states, full = shared_prompt_forward(*args, groups, logits=not chunked)
         elif self.packed_sequences:
             states, full = packed_forward(*args, logits=not chunked)

@@ -88,16 +88,18 @@ class HFEngine(RolloutEngine):
     match a stop string begun in the prompt, end the row there and pad it); :func:`lit_rl.stopping.stop_mask` then
     cuts them as vLLM's are cut.
 
-    ``fast_decode`` samples by lit-rl's own loop over the model's key/value cache instead
-    (:func:`lit_rl.decode.sample`: one prefill per prompt for its ``n`` samples, the filters as tensor operations,
-    no per-step processor objects): the same greedy tokens and the same sampling distribution, less Python per
-    token. Under FSDP2 or ZeRO-3, where every forward is a collective, it leaves the ranks' lock-step to
-    ``generate``."""
+    ``fast_decode`` (the default) samples by lit-rl's own loop over the model's key/value cache
+    (:func:`lit_rl.decode.sample`: one prefill per prompt for its ``n`` samples, a cache reserved for the whole
+    completion, the filters as tensor operations, no per-step processor objects): the same greedy tokens and the
+    same sampling distribution as ``generate``, less Python per token; it draws from the random stream in another
+    order, so a run seeded the same samples other tokens than with ``fast_decode: false`` (``generate``, with the
+    model's own generation settings beyond temperature, top-k and top-p, such as a repetition penalty). Under
+    FSDP2 or ZeRO-3, where every forward is a collective, it leaves the ranks' lock-step to ``generate``."""
 
     not_in_background = ("it samples with the training model itself, so a background thread would read the weights "
                          "while the optimizer writes them")
 
-    def __init__(self, return_logps: bool = False, fast_decode: bool = False) -> None:
+    def __init__(self, return_logps: bool = False, fast_decode: bool = True) -> None:
         self.return_logps, self.fast_decode = return_logps, fast_decode
 
     def bind(self, model: nn.Module, tokenizer: Any) -> None:
@@ -192,7 +194,7 @@ class CopyEngine(HFEngine):
 
     not_in_background = None
 
-    def __init__(self, return_logps: bool = True, fast_decode: bool = False) -> None:
+    def __init__(self, return_logps: bool = True, fast_decode: bool = True) -> None:
         super().__init__(return_logps=return_logps, fast_decode=fast_decode)
         self.lock = threading.Lock()
         self.version = 0                                                # weight syncs so far

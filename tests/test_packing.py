@@ -113,9 +113,17 @@ def test_modules_train_packed_with_a_token_budget(tiny_model_dir, cls):
         assert_close(b, a, rtol=0, atol=1e-4)
 
 
-def test_packing_and_the_shared_prompt_forward_are_refused_together(tiny_model_dir):
-    with pytest.raises(ValueError, match="packed_sequences and shared_prompt_forward exclude each other"):
-        GRPO(model=tiny_model_dir, reward=CountdownReward(), packed_sequences=True, shared_prompt_forward=True)
+def test_packing_takes_the_place_of_the_shared_prompt_forward(policy, tiny_model_dir):
+    """With both on (the shared prompt forward is the default), the forward is the packed one: the same
+    computation as packing alone, so the same bits; not the shared forward's, which sums in another order."""
+    args = probe_args(policy)
+    outputs = {}
+    for shared, packed in ((True, True), (False, True), (True, False)):
+        policy.shared_prompt_forward, policy.packed_sequences = shared, packed
+        outputs[shared, packed] = policy.logps(*args)[0]
+    assert torch.equal(outputs[True, True], outputs[False, True])
+    assert not torch.equal(outputs[True, True], outputs[True, False])
+    assert GRPO(model=tiny_model_dir, reward=CountdownReward(), packed_sequences=True).policy.shared_prompt_forward
     with pytest.raises(ValueError, match="max_tokens_per_micro_batch must be >= 1"):
         GRPO(model=tiny_model_dir, reward=CountdownReward(), max_tokens_per_micro_batch=0)
 

@@ -366,7 +366,7 @@ class RLModule(PolicyModule):
         mini_batches: int = 1,
         importance_sampling: ImportanceSampling | None = None,
         importance_sampling_cap: float | None = None,
-        shared_prompt_forward: bool = False,
+        shared_prompt_forward: bool = True,
         packed_sequences: bool = False,
         max_tokens_per_micro_batch: int | None = None,
         advantage_estimator: Callable[[Tensor, int], Tensor] | None = None,
@@ -398,11 +398,13 @@ class RLModule(PolicyModule):
                 sampling, ``min(pi_old / pi_engine, C)``), as configs written before ``importance_sampling`` say it.
             shared_prompt_forward: compute each prompt once for its ``G`` samples in every forward (training, old
                 and reference log-probs): the prompt runs alone and the completions on its key/value cache
-                (``lit_rl.policy.shared_prompt_forward``; not under gradient checkpointing).
+                (``lit_rl.policy.shared_prompt_forward``; the one-forward-per-row values and gradients to float32
+                rounding). On by default; not used under gradient checkpointing (Hugging Face models then keep
+                no cache) or with ``packed_sequences`` (packed rows run without a cache).
             packed_sequences: run every forward (training, old and reference log-probs, a value head's) without
                 padding: a micro-batch's rows packed into bins as wide as its longest row, position ids restarting
                 at each row, attention kept within each row (``lit_rl.policy.packed_forward``), and the output
-                layer on the completions' real tokens only. Excludes ``shared_prompt_forward``, which runs
+                layer on the completions' real tokens only. In place of ``shared_prompt_forward``, which runs
                 completions on a cache with one row per sample.
             max_tokens_per_micro_batch: cut micro-batches (and the rows of the old/reference log-prob and value
                 forwards) by a budget of real tokens, prompt and completion, instead of ``micro_batch_size``
@@ -425,10 +427,6 @@ class RLModule(PolicyModule):
             raise ValueError(f"micro_batch_size must be >= 1 or null (got {micro_batch_size})")
         if max_tokens_per_micro_batch is not None and max_tokens_per_micro_batch < 1:
             raise ValueError(f"max_tokens_per_micro_batch must be >= 1 or null (got {max_tokens_per_micro_batch})")
-        if packed_sequences and shared_prompt_forward:
-            raise ValueError("packed_sequences and shared_prompt_forward exclude each other: the shared prompt "
-                             "forward runs each sample's completion on a key/value cache with one row per sample, "
-                             "packing puts several rows in one; set one of them to false")
         for name, value in (("num_iterations", num_iterations), ("mini_batches", mini_batches)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1 (got {value})")
