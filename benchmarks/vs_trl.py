@@ -1,13 +1,16 @@
 """lit-rl GRPO against TRL's ``GRPOTrainer``, side by side on CPU: wall time per step and peak memory.
 
-    python benchmarks/vs_trl.py [--steps 6] [--prompts 4] [--group 4] [--length 64] [--repeats 1] [--shared-prompt-forward on]
+    python benchmarks/vs_trl.py [--steps 6] [--prompts 4] [--group 4] [--length 64] [--repeats 1] [--shared-prompt-forward off] [--fast-decode off]
 
 (needs ``pip install -e ".[bench]"`` for TRL). Both train the same ~12M-parameter Qwen2-style model
 (benchmarks/common.py, float32, vocabulary 32000) on the same prompts with the same settings: group size,
 completion length (the random model almost never stops early, so both generate prompts x group x length tokens
 per step), learning rate, AdamW without weight decay, PPO clip 0.2, token-mean loss (TRL's ``dapo``), group
 reward scaling, no KL (TRL's default ``beta = 0``: no reference model on either side), one pass per rollout,
-gradient-norm clip 1.0, no gradient checkpointing, HF ``generate`` on both sides. Each runs in a fresh process;
+gradient-norm clip 1.0, no gradient checkpointing. TRL samples with HF ``generate``, lit-rl with its defaults:
+its own decoding loop on the same model (``HFEngine(fast_decode)``, the same sampling distribution) and the shared
+prompt forward (``--fast-decode off``, ``--shared-prompt-forward off``: ``generate`` and one forward per row).
+Each runs in a fresh process;
 time per step excludes the first step (warm-up); peak memory is the process's maximum resident set size.
 Prints one line per figure, lit-rl as a ratio of TRL.
 """
@@ -39,7 +42,7 @@ def run_lit_rl(path: str, texts: list[str], args) -> list[float]:
     from lightning.pytorch import Callback, LightningDataModule, Trainer
 
     import torch
-    from lit_rl import GRPO, RewardFunction, Sampling, Score
+    from lit_rl import GRPO, HFEngine, RewardFunction, Sampling, Score
     from lit_rl.data import ResumableBatches
 
     class Reward(RewardFunction):
@@ -60,7 +63,8 @@ def run_lit_rl(path: str, texts: list[str], args) -> list[float]:
     module = GRPO(model=path, group_size=args.group, sampling=Sampling(temperature=1.0, max_new_tokens=args.length),
                   reward=Reward(), kl_coef=0.0, log_kl=False, aggregation="token_mean", eps_low=0.2, eps_high=0.2,
                   max_grad_norm=1.0, optimizer=lambda p: torch.optim.AdamW(p, lr=args.lr, weight_decay=0.0),
-                  shared_prompt_forward=args.shared_prompt_forward == "on")
+                  shared_prompt_forward=args.shared_prompt_forward == "on",
+                  engine=HFEngine(fast_decode=args.fast_decode == "on"))
     clock = Clock()
     trainer = Trainer(accelerator="cpu", max_steps=args.steps, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[clock])
@@ -112,8 +116,10 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--shared-prompt-forward", choices=["on", "off"], default="off",
-                        help="lit-rl's shared_prompt_forward (each prompt computed once for its G samples)")
+    parser.add_argument("--shared-prompt-forward", choices=["on", "off"], default="on",
+                        help="lit-rl's shared_prompt_forward (each prompt computed once for its G samples; default on)")
+    parser.add_argument("--fast-decode", choices=["on", "off"], default="on",
+                        help="lit-rl's HFEngine(fast_decode) (its own decoding loop; off: generate; default on)")
     parser.add_argument("--child", choices=["lit-rl", "trl"])
     parser.add_argument("--model")
     args = parser.parse_args()
@@ -125,7 +131,7 @@ def main() -> None:
     print(f"model {num_parameters(path) / 1e6:.1f}M parameters; {args.prompts} prompts x {args.group} samples x "
           f"{args.length} tokens per step, {args.steps} steps", flush=True)
     flags = [f"--{k.replace('_', '-')}={getattr(args, k)}"
-             for k in ("steps", "prompts", "group", "length", "lr", "shared_prompt_forward")]
+             for k in ("steps", "prompts", "group", "length", "lr", "shared_prompt_forward", "fast_decode")]
     results: dict[str, list[tuple[float, float]]] = {"lit-rl": [], "trl": []}
     for _ in range(args.repeats):
         for which in ("trl", "lit-rl"):

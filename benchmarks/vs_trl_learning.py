@@ -6,7 +6,9 @@
 tokenizer, float32, CPU) on the rows of ``builtin:countdown-prompts.jsonl`` in the same order, rewarded by the same
 Countdown verifier (``lit_rl.CountdownReward``; on TRL's side ``countdown_score`` wrapped as a reward function), with
 G = 4 completions of up to 32 tokens at temperature 1.0 for each of 16 prompts per optimizer step, AdamW (lr 1e-4, no
-weight decay, constant), gradient-norm clip 1.0, one optimizer step per rollout, HF ``generate`` (no vLLM). GRPO:
+weight decay, constant), gradient-norm clip 1.0, one optimizer step per rollout, no vLLM (lit-rl at its defaults:
+its own decoding loop and the shared prompt forward; ``--fast-decode off --shared-prompt-forward off`` runs
+``generate`` and one forward per row, as TRL does). GRPO:
 group-scaled advantages, PPO clip 0.2/0.28, token-mean loss, no KL by default (``beta = 0``: no reference model on
 either side). RLOO: TRL's RLOOTrainer defaults, KL in the reward with ``beta = 0.05`` (see 7). ``--beta`` sets the KL
 coefficient of every algorithm run.
@@ -33,8 +35,9 @@ What cannot be made identical, and why:
    (TRL shuffles each generation batch with ``shuffle_sequence_dict``, its Trainer seeds and draws for its own
    bookkeeping), so the sampled completions differ from the first step on. Each curve is one seed: compare shapes
    and repeat with ``--seed``, do not read small gaps as a difference.
-4. **Generation.** Both call ``model.generate`` on the training model with ``do_sample``, temperature 1, top-p 1,
-   top-k 0, stopping at EOS. lit-rl switches the model to ``eval()`` around generation, TRL does not; the model has no
+4. **Generation.** Both sample on the training model, temperature 1, top-p 1, top-k 0, stopping at EOS: TRL with
+   ``model.generate``, lit-rl with its own loop (``HFEngine(fast_decode=True)``, its default: the same distribution,
+   tested against ``generate``'s; ``--fast-decode off`` calls ``generate``). lit-rl switches the model to ``eval()`` around generation, TRL does not; the model has no
    dropout (``attention_dropout = 0``), so the mode changes nothing. TRL pads completions and marks the mask up to the
    first EOS as lit-rl does.
 5. **Log-probs.** lit-rl passes position ids that count real tokens only and keeps only the completion's logits;
@@ -269,7 +272,7 @@ def run_lit_rl(algo: str, args, curve: Curve) -> None:
     import torch
     from lightning.pytorch import Callback, Trainer, seed_everything
 
-    from lit_rl import GRPO, RLOO, CountdownReward, PromptData, Sampling
+    from lit_rl import GRPO, RLOO, CountdownReward, HFEngine, PromptData, Sampling
 
     class Evaluate(Callback):
         def on_train_start(self, trainer, module):
@@ -289,7 +292,8 @@ def run_lit_rl(algo: str, args, curve: Curve) -> None:
     common = {"model": MODEL, "group_size": args.group, "reward": CountdownReward("original"), "max_grad_norm": 1.0,
               "sampling": Sampling(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.length),
               "optimizer": functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.0), "log_kl": False,
-              "shared_prompt_forward": args.shared_prompt_forward == "on"}
+              "shared_prompt_forward": args.shared_prompt_forward == "on",
+              "engine": HFEngine(fast_decode=args.fast_decode == "on")}
     if algo == "grpo":
         module = GRPO(**common, scale="group", eps_low=EPS_LOW, eps_high=EPS_HIGH, aggregation="token_mean",
                       kl_coef=args.beta, kl_estimator="k3", num_iterations=1, mini_batches=1)
@@ -453,8 +457,10 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=None,
                         help="KL coefficient on both sides (default: 0 for GRPO, TRL RLOOConfig's 0.05 for RLOO)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shared-prompt-forward", choices=["on", "off"], default="off",
-                        help="lit-rl's shared_prompt_forward (each prompt computed once for its G samples)")
+    parser.add_argument("--shared-prompt-forward", choices=["on", "off"], default="on",
+                        help="lit-rl's shared_prompt_forward (each prompt computed once for its G samples; default on)")
+    parser.add_argument("--fast-decode", choices=["on", "off"], default="on",
+                        help="lit-rl's HFEngine(fast_decode) (its own decoding loop; off: generate; default on)")
     parser.add_argument("--out", default="runs/vs_trl_learning")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -473,7 +479,7 @@ def main() -> None:
         beta = DEFAULT_BETA[algo] if args.beta is None else args.beta
         flags = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
                  ("steps", "eval_every", "val_size", "eval_batch", "prompts", "group", "length", "lr", "seed",
-                  "shared_prompt_forward")]
+                  "shared_prompt_forward", "fast_decode")]
         results[algo] = {}
         for library in LIBRARIES:
             print(f"{algo} {library}: training {args.steps} steps ...", flush=True)

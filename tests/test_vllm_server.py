@@ -9,6 +9,7 @@ The real servers take 60-90 s to start on 2 cores: both are launched once for th
 first tests run, and killed (with the processes they started) when the module ends, whatever happened."""
 
 import json
+import math
 import os
 import signal
 import socket
@@ -394,7 +395,7 @@ def test_an_async_run_samples_on_the_server_one_step_behind(server):
     """max_staleness: 1 on a real server: batch s is sampled while step s - 1 trains, by the weights synced after
     step s - 2 (rollout/staleness 0, 1, 1); its behaviour log-probs are the server's log-probs under the weights of
     the version the rollout records (within vLLM's CPU rounding), and the masked importance weights see the step
-    between those and the trained policy."""
+    between those and the trained policy: tokens are dropped exactly when some token's log-ratio passes log 8."""
     from test_async_rollouts import DigitShare, Record                 # varied rewards: every step moves the policy
 
     torch.manual_seed(0)
@@ -409,7 +410,9 @@ def test_an_async_run_samples_on_the_server_one_step_behind(server):
     assert engine.version == 1 + 3                                      # on start and after each step
     assert all(engine_gap < 1e-2 for engine_gap, _ in record.gaps), record.gaps
     assert all(trained_gap > 10 * engine_gap for engine_gap, trained_gap in record.gaps[1:]), record.gaps
-    assert all(0 <= m["rollout/is_masked_frac"] < 0.5 for m in record.metrics)
+    for (_, trained_gap), m in zip(record.gaps, record.metrics):      # mask: a ratio outside [1/8, 8] is dropped
+        masked = m["rollout/is_masked_frac"]                            # (the fraction: which tokens the server drew)
+        assert (masked > 0) == (trained_gap > math.log(8)) and masked <= 1, (masked, trained_gap)
 
 
 def test_the_example_config_trains_on_a_server(server, tmp_path):
