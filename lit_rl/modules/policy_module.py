@@ -113,7 +113,8 @@ class PolicyModule(LightningModule):
             gradient_checkpointing: trade compute for activation memory.
             model_kwargs: more ``from_pretrained`` settings, as in peer libraries (``attn_implementation``,
                 ``revision``, ``trust_remote_code``; see :func:`lit_rl.policy.check_model_kwargs`).
-            engine: the rollout engine; defaults to ``HFEngine`` (``transformers`` ``generate``).
+            engine: the rollout engine; defaults to ``HFEngine`` (sampling on the training model by lit-rl's own
+                decoding loop; ``HFEngine(fast_decode=false)``: ``transformers`` ``generate``).
             val_sampling: decoding used for validation on the held-out split (greedy by default).
             val_samples: completions sampled per held-out prompt (``k``). Above 1, validation also logs
                 ``val/pass@k`` (Chen et al. 2021's unbiased estimate that one of ``k`` samples is correct, averaged
