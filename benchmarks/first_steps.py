@@ -5,8 +5,7 @@ completions cut to 16 tokens, 2 prompts a step, no validation) in a fresh ``lit-
 ``metrics.csv`` rows (wall-clock columns left out) are printed as JSON, or written with ``--write``. Run it from
 two checkouts on one machine and compare the files: the same code gives the same numbers, cell for cell.
 ``tests/test_first_steps.py`` compares today's first step with ``tests/data/first_steps.json``, written by the
-code before the collector restructuring, run at that code's defaults (``--fixture-defaults``: ``generate`` and one
-forward per row, where the defaults have since changed).
+code before the collector restructuring.
 
     .venv/bin/python benchmarks/first_steps.py --write /tmp/after.json
     PYTHONPATH=../old .venv/bin/python benchmarks/first_steps.py --root ../old --write /tmp/before.json
@@ -29,22 +28,12 @@ CONFIGS = ("reinforce", "remax", "rloo", "grpo", "ppo", "topr", "rebel", "dpo", 
            "erpd_ppo", "erpd_sapo", "erpd_mse", "rlhf_remax", "rlhf_rloo", "rlhf_rebel", "rlhf_mc", "countdown_prompts")
 
 
-# The defaults of the code that wrote tests/data/first_steps.json, where they have changed since: generate() rather
-# than lit-rl's decoding loop (another order of random draws), one forward per row rather than the shared prompt
-# forward (another order of float32 sums).
-FIXTURE_DEFAULTS = {"shared_prompt_forward": False,
-                    "engine": {"class_path": "lit_rl.HFEngine", "init_args": {"fast_decode": False}}}
-
-
-def small(config: dict, defaults: dict | None = None) -> dict:
-    """The config with short completions, 2 prompts a step, no validation and no checkpoints, and ``defaults``
-    for the module's settings it leaves unset."""
+def small(config: dict) -> dict:
+    """The config with short completions, 2 prompts a step, no validation and no checkpoints."""
     trainer = config["trainer"]
     trainer.update(limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False, callbacks=[])
     trainer.pop("val_check_interval", None)
     init = config["model"]["init_args"]
-    for key, value in (defaults or {}).items():
-        init.setdefault(key, value)
     for key in ("sampling", "val_sampling"):
         if key in init:
             init[key] = {**init[key], "max_new_tokens": 16}
@@ -57,10 +46,10 @@ def small(config: dict, defaults: dict | None = None) -> dict:
     return config
 
 
-def first_steps(name: str, steps: int, root: Path, defaults: dict | None = None) -> list[dict[str, str]]:
+def first_steps(name: str, steps: int, root: Path) -> list[dict[str, str]]:
     from lit_rl.timing import is_wall_clock
 
-    config = small(yaml.safe_load((root / "cli_configs" / f"{name}.yaml").read_text()), defaults)
+    config = small(yaml.safe_load((root / "cli_configs" / f"{name}.yaml").read_text()))
     with tempfile.TemporaryDirectory() as work:
         path = Path(work, f"{name}.yaml")
         path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -81,11 +70,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--root", default=str(ROOT), help="the checkout whose code and configs run")
     parser.add_argument("--write", help="write the JSON here instead of printing it")
-    parser.add_argument("--fixture-defaults", action="store_true",
-                        help="unset settings at the defaults of the code that wrote tests/data/first_steps.json")
     args = parser.parse_args()
-    defaults = FIXTURE_DEFAULTS if args.fixture_defaults else None
-    out = {name: first_steps(name, args.steps, Path(args.root).resolve(), defaults) for name in args.configs}
+    out = {name: first_steps(name, args.steps, Path(args.root).resolve()) for name in args.configs}
     text = json.dumps(out, indent=1, sort_keys=True)
     if args.write:
         Path(args.write).write_text(text + "\n")

@@ -91,10 +91,12 @@ class HFEngine(RolloutEngine):
     ``fast_decode`` (the default) samples by lit-rl's own loop over the model's key/value cache
     (:func:`lit_rl.decode.sample`: one prefill per prompt for its ``n`` samples, a cache reserved for the whole
     completion, the filters as tensor operations, no per-step processor objects): the same greedy tokens and the
-    same sampling distribution as ``generate``, less Python per token; it draws from the random stream in another
-    order, so a run seeded the same samples other tokens than with ``fast_decode: false`` (``generate``, with the
-    model's own generation settings beyond temperature, top-k and top-p, such as a repetition penalty). Under
-    FSDP2 or ZeRO-3, where every forward is a collective, it leaves the ranks' lock-step to ``generate``."""
+    same sampling distribution as ``generate``, less Python per token. It draws what ``generate`` draws (one
+    ``torch.multinomial`` per step over the same rows), so a seeded run samples the same tokens either way, but
+    where float rounding of the probabilities moves a draw across a boundary. It reads temperature, top-k and
+    top-p and no other generation setting of the model (``fast_decode: false``: ``generate``, for a repetition
+    penalty). Under FSDP2 or ZeRO-3, where every forward is a collective, it leaves the ranks' lock-step to
+    ``generate``."""
 
     not_in_background = ("it samples with the training model itself, so a background thread would read the weights "
                          "while the optimizer writes them")

@@ -184,6 +184,22 @@ def test_without_gradients_nothing_is_checkpointed_and_values_are_the_same():
     assert hidden_token_logps(toy.embed(ids), toy.head, labels, 0.9, 4)[1] is None
 
 
+@pytest.mark.parametrize("chunk, calls", [(1024, 1), (4, 8)])
+def test_the_output_layer_is_recomputed_only_when_there_is_more_than_one_chunk(chunk, calls):
+    """14 tokens: in one chunk the logits are kept for the backward (one call of the output layer in all); in
+    chunks of 4 each of the 4 chunks is called in the forward and again in the backward."""
+    toy = Toy(tied=False, bias=True, lora=False)
+    ids, labels, w_logps, w_entropy = batch(1)
+    seen = []
+    hook = toy.head.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    try:
+        logps, entropy = hidden_token_logps(toy.embed(ids), toy.head, labels, 0.9, chunk, entropy=True)
+        (logps * w_logps + entropy * w_entropy).sum().backward()
+    finally:
+        hook.remove()
+    assert len(seen) == calls and toy.head.weight.grad is not None
+
+
 def test_token_logps_entropy_gradients_match_float64():
     """The logits-level function inside each chunk: log-probs and entropy and the gradient w.r.t. the logits of
     a loss reading one or both (``(onehot - p) / T`` and ``-p (log p + H) / T``), on float64 logits against

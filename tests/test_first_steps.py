@@ -1,9 +1,6 @@
 """Nothing regresses: the first step of every shipped config gives the numbers the loop gave before the collector
 restructuring (``tests/data/first_steps.json``: ``benchmarks/first_steps.py --steps 1`` run by commit 17776c5 on
-an Intel Xeon with AVX-512; on that machine today's code gives the same numbers cell for cell, and two steps too),
-run at that code's defaults where they have since changed (``FIXTURE_DEFAULTS``: ``generate`` rather than the
-decoding loop, one forward per row rather than the shared prompt forward); the new defaults have tests of their
-own (``tests/test_decode.py``, ``tests/test_modules.py``).
+an Intel Xeon with AVX-512; on that machine today's code gives the same numbers cell for cell, and two steps too).
 
 Compared with ``rtol=1e-3``, for two reasons. Float32 sums depend on the CPU's vector width: a loss or gradient
 norm summed over ~10^3 tokens or ~10^6 weights moves by up to ~10^3 x 6e-8 relative between CPUs, and 1e-3
@@ -19,7 +16,7 @@ import math
 
 import pytest
 
-from benchmarks.first_steps import FIXTURE_DEFAULTS, first_steps
+from benchmarks.first_steps import first_steps
 from conftest import ROOT
 
 SAVED = json.loads((ROOT / "tests" / "data" / "first_steps.json").read_text())
@@ -27,7 +24,7 @@ SAVED = json.loads((ROOT / "tests" / "data" / "first_steps.json").read_text())
 
 @pytest.mark.parametrize("name", sorted(SAVED))
 def test_the_first_step_of_a_shipped_config_is_what_it_was(name):
-    saved, today = step_zero(SAVED[name]), step_zero(first_steps(name, 1, ROOT, FIXTURE_DEFAULTS))
+    saved, today = step_zero(SAVED[name]), step_zero(first_steps(name, 1, ROOT))
     assert set(today) == set(saved), f"{name}: metrics added {set(today) - set(saved)}, gone {set(saved) - set(today)}"
     moved = {key: (saved[key], today[key]) for key in saved if not key.startswith("train/clip_frac")
              and not math.isclose(float(saved[key]), float(today[key]), rel_tol=1e-3, abs_tol=1e-6)}

@@ -1,4 +1,5 @@
-from lit_rl.modules.base import PolicyModule, RLModule
+from lit_rl.modules.base import RLModule
+from lit_rl.modules.policy_module import PolicyModule
 from lit_rl.modules.grpo import GRPO
 from lit_rl.modules.listwise import DPO, IPO, REBEL, ListwiseModule, MultiCompletion
 from lit_rl.modules.reinforce import REINFORCE, ReMax

@@ -10,7 +10,8 @@ from lit_rl.critic import Critic, CriticSettings
 from lit_rl.distributed import check_clipping, fully_shard_blocks
 from lit_rl.export import export_pretrained, is_sharded, merged_state_dict
 from lit_rl.losses import PPOClip
-from lit_rl.modules.base import RLModule, check_finite
+from lit_rl.modules.base import RLModule
+from lit_rl.modules.policy_module import check_finite
 from lit_rl.modules.heads import ValueHead
 from lit_rl.objectives import aggregate, clipped_value_loss, ppo_advantages, ppo_returns
 from lit_rl.policy import PolicyOutput

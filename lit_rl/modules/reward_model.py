@@ -8,7 +8,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lit_rl.chat import ChatTemplate
-from lit_rl.modules.base import check_finite, optimizers
+from lit_rl.modules.policy_module import check_finite, optimizers
 from lit_rl.objectives import PairMode, bradley_terry_loss, pairwise_accuracy, preference_pairs
 from lit_rl.offline import StoredGroups
 from lit_rl.rewards.model import eos_to_append, load_reward_model, pad_right, reward_inputs

@@ -5,7 +5,7 @@ from typing import Any
 from lightning.pytorch.utilities import grad_norm
 from torch import Tensor
 
-from lit_rl.modules.base import PolicyModule, check_finite
+from lit_rl.modules.policy_module import PolicyModule, check_finite
 from lit_rl.objectives import aggregate, sft_loss
 
 
