@@ -29,6 +29,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import build_model, num_parameters, prompts  # noqa: E402
 
 
+PHASES: list[dict[str, float]] = []                                     # lit-rl's time/* metrics, per step
+
+
 def reward_values(completions: list[str]) -> list[float]:
     """Share of words whose number is divisible by 7: cheap, and varies between samples."""
     out = []
@@ -56,8 +59,10 @@ def run_lit_rl(path: str, texts: list[str], args) -> list[float]:
     class Clock(Callback):
         times: list[float] = []
 
-        def on_train_batch_end(self, *a):
+        def on_train_batch_end(self, trainer, *a):
             self.times.append(time.perf_counter())
+            if len(self.times) > 1:                                     # the first step is warm-up
+                PHASES.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("time/")})
 
     torch.manual_seed(0)
     module = GRPO(model=path, group_size=args.group, sampling=Sampling(temperature=1.0, max_new_tokens=args.length),
@@ -106,6 +111,9 @@ def child(which: str, path: str, args) -> None:
         raise RuntimeError(f"{which} ran {len(times)} steps, not {args.steps}")
     per_step = (times[-1] - times[0]) / (args.steps - 1)
     print(f"RESULT {per_step} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}")
+    if PHASES:
+        means = {k.removeprefix("time/"): sum(p[k] for p in PHASES) / len(PHASES) for k in PHASES[0]}
+        print("PHASES " + ", ".join(f"{k} {v:.3f} s" for k, v in means.items()))
 
 
 def main() -> None:
@@ -142,7 +150,9 @@ def main() -> None:
                 raise SystemExit(f"{which} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
             seconds, rss = map(float, line[0].split()[1:])
             results[which].append((seconds, rss))
-            print(f"{which:7s} {seconds:.3f} s/step, peak RSS {rss / 2**20:.0f} MiB", flush=True)
+            phases = [row.removeprefix("PHASES ") for row in out.stdout.splitlines() if row.startswith("PHASES")]
+            print(f"{which:7s} {seconds:.3f} s/step, peak RSS {rss / 2**20:.0f} MiB"
+                  + (f"; a step: {phases[0]}" if phases else ""), flush=True)
     best = {k: (min(s for s, _ in v), min(r for _, r in v)) for k, v in results.items()}
     print(f"lit-rl / TRL time per step: {best['lit-rl'][0] / best['trl'][0]:.2f}x")
     print(f"lit-rl / TRL peak memory: {best['lit-rl'][1] / best['trl'][1]:.2f}x")
