@@ -4,9 +4,10 @@
 and with ``num_return_sequences = n`` each prompt is prefilled ``n`` times. On a small model that Python is most of
 a step's generation time. :func:`sample` does the same work plainly: one prefill per prompt, its cache repeated
 for the prompt's ``n`` samples into buffers that hold the whole completion (:class:`ReservedLayer`: a step writes
-one position where ``DynamicCache`` copies the whole cache), then one forward per new token with the temperature, top-k and top-p filters of
-``generate`` applied in its order (temperature, top-k, top-p) as tensor operations, rows that reached an EOS padded,
-and the loop left as soon as every row has ended (stop strings are checked every few steps).
+one position where ``DynamicCache`` copies the whole cache), then one forward per new token with the temperature,
+top-k and top-p filters of ``generate`` applied in its order (temperature, top-k, top-p) as tensor operations, one
+``torch.multinomial`` over the rows as ``generate`` draws, rows that reached an EOS padded, and the loop left as
+soon as every row has ended (stop strings are checked every few steps).
 """
 
 from collections.abc import Callable, Sequence
