@@ -139,9 +139,9 @@ def hidden_token_logps(hidden: Tensor, head: nn.Module, labels: Tensor, temperat
     and the matmul is not redone (a 12M-parameter model with a 32,000-word vocabulary spends more in its output
     layer than in its blocks). (Liger's fused linear cross-entropy saves the recomputation by computing the
     gradients during the forward, which needs the loss's gradient w.r.t. each log-prob then; here the log-probs go
-    on into an arbitrary loss, so it is known only later.) Memory: autograd makes each chunk's gradient of the
-    output layer's weight as a whole ``[V, H]`` tensor before adding it into the parameter's gradient, so the
-    extra peak is at least that (2.1 GiB at Qwen2.5-7B's output layer, more than 2048 tokens' logits save).
+    on into an arbitrary loss, so it is known only later.) Memory: each chunk's backward makes a whole ``[V, H]``
+    gradient of the output layer's weight, and autograd sums the chunks' out of place, so up to three exist at once
+    (2.1 GiB each at Qwen2.5-7B's output layer: more than 2048 tokens' logits save; docs/performance.md).
 
     Sharded weights: ``head`` is called as a module, so hooks on it run. FSDP2 registers no hook on the output
     layer (it belongs to the root's parameter group): the root keeps its parameters unsharded from its forward
