@@ -10,9 +10,12 @@ model's output layer, and computes each chunk's ``[n, V]`` logits, uses them and
 recomputes them chunk by chunk. Peak extra memory is then a few ``[n, V]`` buffers instead of ``[N, V]``.
 """
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
 CHUNK_ELEMENTS = 1 << 20                                                # 4 MiB of float32 per chunk
@@ -108,10 +111,63 @@ def token_entropy(logits: Tensor, temperature: float = 1.0, chunk_size: int | No
     return out.view(logits.shape[:-1])
 
 
-def _head_chunk(hidden: Tensor, labels: Tensor, head: nn.Module, temperature: float,
+class _SharedGrads:
+    """The gradients of an output layer's weight and bias that the chunks of one :func:`hidden_token_logps` call add
+    into, and how many chunks' backwards are still to come."""
+
+    def __init__(self, chunks: int) -> None:
+        self.chunks, self.left = chunks, chunks
+        self.weight: Tensor | None = None
+        self.bias: Tensor | None = None
+
+
+class _ChunkLinear(torch.autograd.Function):
+    """``F.linear(hidden, weight, bias)`` for one chunk of several, whose backward adds the chunk's weight and bias
+    gradients into ``shared``'s buffers in place (``addmm_``) and hands autograd their sums once, at the last
+    chunk's backward. Autograd alone makes a whole ``[V, H]`` weight gradient per chunk and sums them out of place
+    (three at once at the peak); here there is one, and the parameter's gradient hooks (DDP's, FSDP2's) fire once,
+    with the whole gradient, as for one call."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, shared: _SharedGrads) -> Tensor:
+        ctx.save_for_backward(hidden, weight)
+        ctx.shared, ctx.has_bias = shared, bias is not None
+        return nn.functional.linear(hidden, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        hidden, weight = ctx.saved_tensors                              # [n, H], [V, H]; grad [n, V]
+        shared = ctx.shared
+        if ctx.needs_input_grad[1]:
+            if shared.weight is None:
+                shared.weight = grad.t() @ hidden                       # [V, H]
+            else:
+                shared.weight.addmm_(grad.t(), hidden)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            shared.bias = grad.sum(0) if shared.bias is None else shared.bias.add_(grad.sum(0))
+        grad_hidden = grad @ weight if ctx.needs_input_grad[0] else None
+        shared.left -= 1
+        if shared.left:
+            return grad_hidden, None, None, None
+        grads = shared.weight, shared.bias
+        shared.left, shared.weight, shared.bias = shared.chunks, None, None             # a second backward anew
+        return grad_hidden, *grads, None
+
+
+def _head_chunk(hidden: Tensor, labels: Tensor, head: Callable[[Tensor], Tensor], temperature: float,
                 entropy: bool) -> Tensor | tuple[Tensor, Tensor]:
     """One chunk: its logits ``[n, V]`` (the only ones that exist), log-probs and maybe entropy ``[n]``."""
     return _TokenLogps.apply(head(hidden), labels, temperature, hidden.shape[0], entropy)
+
+
+def _chunk_head(head: nn.Module, chunks: int) -> Callable[[Tensor], Tensor]:
+    """What each chunk calls: a plain ``Linear`` output layer through :class:`_ChunkLinear` (one weight gradient
+    for all ``chunks``); any other module (PEFT's LoRA ``Linear``, a ``DTensor`` shard) as it is."""
+    if type(head) is not nn.Linear or isinstance(head.weight, DTensor):
+        return head
+    shared = _SharedGrads(chunks)
+    return lambda hidden: _ChunkLinear.apply(hidden, head.weight, head.bias, shared)
 
 
 def hidden_token_logps(hidden: Tensor, head: nn.Module, labels: Tensor, temperature: float = 1.0,
@@ -128,26 +184,29 @@ def hidden_token_logps(hidden: Tensor, head: nn.Module, labels: Tensor, temperat
 
     How the backward works, and why this way: each chunk runs under ``torch.utils.checkpoint`` (non-reentrant):
     the forward keeps only the chunk's hidden states (already alive) and drops its logits; the backward calls
-    ``head`` on the chunk again and autograd differentiates that call. The alternative, a hand-written
-    ``autograd.Function`` computing ``grad_hidden = (onehot - p) g / T @ W`` and accumulating ``grad_W``, would
-    have to know the head: its weight and bias, LoRA's ``A``, ``B``, scaling and dropout, a weight shared with
-    the input embedding, a ``DTensor`` shard. Calling the module instead gets all of these from the module and
-    autograd, including the checkpoint's replay of the RNG state (LoRA dropout) and autocast. Inside a chunk,
+    ``head`` on the chunk again and autograd differentiates that call. A hand-written backward for the whole
+    output layer would have to know the head: its weight and bias, LoRA's ``A``, ``B``, scaling and dropout, a
+    weight shared with the input embedding, a ``DTensor`` shard. Calling the module instead gets all of these from
+    the module and autograd, including the checkpoint's replay of the RNG state (LoRA dropout) and autocast; only
+    a plain ``Linear`` (tied or not: the one parameter gets the sum of both uses) is called through
+    :class:`_ChunkLinear`, for memory (below). Inside a chunk,
     the logits' own backward is :class:`_TokenLogps`'s (one ``[n, V]`` gradient buffer in the logits' dtype).
     Cost: the output layer's matmul runs once more per chunk in the backward. When every token fits in one chunk
     there is nothing to free: that chunk's logits (at most ``CHUNK_LOGITS`` floats) are kept for the backward
     and the matmul is not redone (a 12M-parameter model with a 32,000-word vocabulary spends more in its output
     layer than in its blocks). (Liger's fused linear cross-entropy saves the recomputation by computing the
     gradients during the forward, which needs the loss's gradient w.r.t. each log-prob then; here the log-probs go
-    on into an arbitrary loss, so it is known only later.) Memory: each chunk's backward makes a whole ``[V, H]``
-    gradient of the output layer's weight, and autograd sums the chunks' out of place, so up to three exist at once
-    (2.1 GiB each at Qwen2.5-7B's output layer: more than 2048 tokens' logits save; docs/performance.md).
+    on into an arbitrary loss, so it is known only later.) Memory: autograd would make a whole ``[V, H]`` gradient
+    of the output layer's weight per chunk and sum them out of place (three at once: 6.2 GiB at Qwen2.5-7B's
+    output layer, more than 2048 tokens' logits save); a plain ``Linear`` layer is called through
+    :class:`_ChunkLinear`, which adds every chunk's into one buffer in place.
 
-    Sharded weights: ``head`` is called as a module, so hooks on it run. FSDP2 registers no hook on the output
-    layer (it belongs to the root's parameter group): the root keeps its parameters unsharded from its forward
-    until its post-backward callback (torch's default ``reshard_after_forward`` for the root), so a call between
-    the model's forward and its backward, as the policy's, sees the full weight, and its gradient reaches the
-    root's reduce-scatter (``tests/test_distributed.py``: 2 FSDP2 processes give 1 process's losses and weights).
+    Sharded weights: ``head`` is called as a module (or, a plain ``Linear``, on its weight as it is then), so
+    hooks on it run. FSDP2 registers no hook on the output layer (it belongs to the root's parameter group): the
+    root keeps its parameters unsharded from its forward until its post-backward callback (torch's default
+    ``reshard_after_forward`` for the root), so a call between the model's forward and its backward, as the
+    policy's, sees the full weight (a plain tensor, not a ``DTensor``), and its gradient reaches the root's
+    reduce-scatter (``tests/test_distributed.py``: 2 FSDP2 processes give 1 process's losses and weights).
     DeepSpeed ZeRO-3 gathers the weight in the module's pre-forward hook, once per chunk and again for each
     recomputation, and releases a frozen weight right after the recomputing call, before its backward reads it;
     the policy keeps ZeRO-3 on materialised logits (:meth:`lit_rl.policy.Policy.forward`).
@@ -160,9 +219,11 @@ def hidden_token_logps(hidden: Tensor, head: nn.Module, labels: Tensor, temperat
     vocab = getattr(head, "out_features", None) or head(flat[:1]).shape[-1]
     chunk_tokens = max(1, min(chunk_tokens, CHUNK_LOGITS // vocab))     # a large vocabulary takes fewer tokens
     recompute = trains and flat.shape[0] > chunk_tokens                 # one chunk: its logits are kept, not redone
+    project = _chunk_head(head, -(-flat.shape[0] // chunk_tokens)) if recompute else head
     parts = []
     for start in range(0, flat.shape[0], chunk_tokens):
-        args = (flat[start:start + chunk_tokens], flat_labels[start:start + chunk_tokens], head, temperature, entropy)
+        args = (flat[start:start + chunk_tokens], flat_labels[start:start + chunk_tokens], project, temperature,
+                entropy)
         part = checkpoint(_head_chunk, *args, use_reentrant=False) if recompute else _head_chunk(*args)
         parts.append(part if entropy else (part,))
     logps = torch.cat([p[0] for p in parts]).view(labels.shape)                         # [B, C]

@@ -184,20 +184,56 @@ def test_without_gradients_nothing_is_checkpointed_and_values_are_the_same():
     assert hidden_token_logps(toy.embed(ids), toy.head, labels, 0.9, 4)[1] is None
 
 
+def record_output_layer(monkeypatch, vocab: int) -> list[tuple[int, ...]]:
+    """The output shapes of every ``torch.nn.functional.linear`` call with ``vocab`` outputs from now on: the
+    output layer's, called as a module or by the chunked path's own function, in the forward and in the backward's
+    recomputation."""
+    calls, linear = [], torch.nn.functional.linear
+
+    def recorded(*args, **kwargs):
+        out = linear(*args, **kwargs)
+        if out.shape[-1] == vocab:
+            calls.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "linear", recorded)
+    return calls
+
+
 @pytest.mark.parametrize("chunk, calls", [(1024, 1), (4, 8)])
-def test_the_output_layer_is_recomputed_only_when_there_is_more_than_one_chunk(chunk, calls):
+def test_the_output_layer_is_recomputed_only_when_there_is_more_than_one_chunk(chunk, calls, monkeypatch):
     """14 tokens: in one chunk the logits are kept for the backward (one call of the output layer in all); in
     chunks of 4 each of the 4 chunks is called in the forward and again in the backward."""
     toy = Toy(tied=False, bias=True, lora=False)
     ids, labels, w_logps, w_entropy = batch(1)
-    seen = []
-    hook = toy.head.register_forward_hook(lambda m, a, out: seen.append(out.shape))
-    try:
-        logps, entropy = hidden_token_logps(toy.embed(ids), toy.head, labels, 0.9, chunk, entropy=True)
-        (logps * w_logps + entropy * w_entropy).sum().backward()
-    finally:
-        hook.remove()
+    seen = record_output_layer(monkeypatch, toy.head.out_features)
+    logps, entropy = hidden_token_logps(toy.embed(ids), toy.head, labels, 0.9, chunk, entropy=True)
+    (logps * w_logps + entropy * w_entropy).sum().backward()
     assert len(seen) == calls and toy.head.weight.grad is not None
+
+
+def test_the_chunks_weight_gradients_reach_the_parameter_once_summed():
+    """A plain ``Linear`` output layer in 4 chunks: its weight and bias get one gradient, the sum of the chunks'
+    (the hook on the parameter fires once; what it receives is the gradient of the one-chunk call, float32
+    rounding apart: ~14 terms of size ~1, so 1e-5), and a second backward of the same graph gets it again."""
+    toy = Toy(tied=False, bias=True, lora=False)
+    ids, labels, w_logps, w_entropy = batch(1)
+    hidden = toy.embed(ids).detach()
+    grads = {}
+    for chunk in (1024, 4):
+        received = {"weight": [], "bias": []}
+        hooks = [getattr(toy.head, name).register_hook(got.append) for name, got in received.items()]
+        logps, entropy = hidden_token_logps(hidden, toy.head, labels, 0.9, chunk, entropy=True)
+        loss = (logps * w_logps + entropy * w_entropy).sum()
+        loss.backward(retain_graph=True)
+        loss.backward()
+        for hook in hooks:
+            hook.remove()
+        assert [len(got) for got in received.values()] == [2, 2]        # once per backward each
+        grads[chunk] = received
+    for name in ("weight", "bias"):
+        for one, chunked in zip(grads[1024][name], grads[4][name]):
+            assert_close(chunked, one, rtol=0, atol=1e-5)
 
 
 def test_token_logps_entropy_gradients_match_float64():
@@ -319,7 +355,7 @@ def test_the_chunked_forward_is_the_materialised_one(tiny_model_dir, kind):
         assert_close(policy.reference_logps(*args), base.logps(*args)[0].detach(), rtol=0, atol=1e-5)
 
 
-def test_no_output_layer_call_sees_more_than_a_chunk_and_nothing_saved_is_vocabulary_wide(policy):
+def test_no_output_layer_call_sees_more_than_a_chunk_and_nothing_saved_is_vocabulary_wide(policy, monkeypatch):
     """The model's own output layer call gets one position per row; every other, forward or the backward's
     recomputation, gets at most ``logps_chunk_tokens`` positions; no tensor saved for the backward outside the
     checkpointed chunks has a vocabulary-wide last dimension but the output layer's weight (``[H, V]``, as the
@@ -327,14 +363,11 @@ def test_no_output_layer_call_sees_more_than_a_chunk_and_nothing_saved_is_vocabu
     policy.logps_chunk_tokens = 4
     args = probe_args(policy)
     vocab, rows = policy.model.config.vocab_size, args[0].shape[0]
-    calls, saved = [], []
-    hook = policy.model.get_output_embeddings().register_forward_hook(lambda m, a, out: calls.append(out.shape))
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
-            out = policy(*args, entropy=True)
-        (out.logps.sum() + out.entropy.sum()).backward()
-    finally:
-        hook.remove()
+    saved = []
+    calls = record_output_layer(monkeypatch, vocab)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        out = policy(*args, entropy=True)
+    (out.logps.sum() + out.entropy.sum()).backward()
     assert calls[:2] == [(1, 1, vocab)] * 2                             # the probe (the model's, the check's), once
     assert calls[2] == (rows, 1, vocab)                                 # the model's own: one position per row
     assert all(len(s) == 2 and s[0] <= 4 for s in calls[3:]) and len(calls) > 5
@@ -351,14 +384,11 @@ def test_a_large_vocabulary_takes_fewer_tokens_per_chunk(policy, monkeypatch):
 
     args = probe_args(policy)
     whole = policy(*args, entropy=True)
-    vocab, calls = policy.model.config.vocab_size, []
+    vocab = policy.model.config.vocab_size
     monkeypatch.setattr(logprobs, "CHUNK_LOGITS", 3 * vocab + 1)
-    hook = policy.model.get_output_embeddings().register_forward_hook(lambda m, a, out: calls.append(out.shape))
-    try:
-        cut = policy(*args, entropy=True)
-        (cut.logps.sum() + cut.entropy.sum()).backward()
-    finally:
-        hook.remove()
+    calls = record_output_layer(monkeypatch, vocab)
+    cut = policy(*args, entropy=True)
+    (cut.logps.sum() + cut.entropy.sum()).backward()
     chunked = [s for s in calls if len(s) == 2]
     assert chunked and max(s[0] for s in chunked) == 3
     assert_close(cut.logps, whole.logps, rtol=0, atol=1e-5)
