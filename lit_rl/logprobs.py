@@ -138,15 +138,18 @@ class _ChunkLinear(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):
         hidden, weight = ctx.saved_tensors                              # [n, H], [V, H]; grad [n, V]
-        shared = ctx.shared
+        shared, h = ctx.shared, hidden.to(grad.dtype)                   # autocast: the forward ran in grad's dtype
         if ctx.needs_input_grad[1]:
             if shared.weight is None:
-                shared.weight = grad.t() @ hidden                       # [V, H]
+                shared.weight = (grad.t() @ h).to(weight.dtype)         # [V, H], kept in the weight's dtype
+            elif grad.dtype == weight.dtype:
+                shared.weight.addmm_(grad.t(), h)
             else:
-                shared.weight.addmm_(grad.t(), hidden)
+                shared.weight.add_(grad.t() @ h)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            shared.bias = grad.sum(0) if shared.bias is None else shared.bias.add_(grad.sum(0))
-        grad_hidden = grad @ weight if ctx.needs_input_grad[0] else None
+            bias_grad = grad.sum(0).to(weight.dtype)                    # a Linear's bias has its weight's dtype
+            shared.bias = bias_grad if shared.bias is None else shared.bias.add_(bias_grad)
+        grad_hidden = (grad @ weight.to(grad.dtype)).to(hidden.dtype) if ctx.needs_input_grad[0] else None
         shared.left -= 1
         if shared.left:
             return grad_hidden, None, None, None

@@ -236,6 +236,24 @@ def test_the_chunks_weight_gradients_reach_the_parameter_once_summed():
             assert_close(chunked, one, rtol=0, atol=1e-5)
 
 
+def test_chunks_under_bfloat16_autocast_give_the_one_chunk_gradients():
+    """``bf16-mixed`` training: the output layer runs in bfloat16 inside each chunk, the float32 parameters get
+    float32 gradients, the same as one chunk's up to bfloat16 rounding (8 significant bits: each per-chunk
+    product is rounded where one chunk's is rounded once, so 2^-8 of the largest entry, times 2 for margin)."""
+    toy = Toy(tied=False, bias=True, lora=False)
+    ids, labels, w_logps, w_entropy = batch(1)
+    hidden = toy.embed(ids).detach().requires_grad_()
+    grads = []
+    for chunk in (1024, 4):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logps, entropy = hidden_token_logps(hidden, toy.head, labels, 0.9, chunk, entropy=True)
+        grads.append(torch.autograd.grad((logps * w_logps + entropy * w_entropy).sum(),
+                                         [hidden, toy.head.weight, toy.head.bias]))
+    for one, chunked in zip(*grads):
+        assert chunked.dtype == one.dtype == torch.float32
+        assert_close(chunked, one, rtol=0, atol=2 * 2**-8 * one.abs().max().item())
+
+
 def test_token_logps_entropy_gradients_match_float64():
     """The logits-level function inside each chunk: log-probs and entropy and the gradient w.r.t. the logits of
     a loss reading one or both (``(onehot - p) / T`` and ``-p (log p + H) / T``), on float64 logits against
