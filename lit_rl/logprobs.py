@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+from torch.autograd.graph import get_gradient_edge
 from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
@@ -119,6 +120,33 @@ class _SharedGrads:
         self.chunks, self.left = chunks, chunks
         self.weight: Tensor | None = None
         self.bias: Tensor | None = None
+        self.into_grad = False                                          # ``weight`` is the parameter's ``.grad``
+
+
+def _adds_into_grad(weight: Tensor) -> bool:
+    """Whether this backward may add the weight's gradient straight into ``weight.grad``, and hand autograd zeros:
+    the gradient exists already (a second micro-batch of gradient accumulation, or gradients zeroed rather than
+    set to ``None``), it is a plain dense tensor of the weight's dtype, no tensor hook waits to see (or rewrite)
+    the incoming gradient, and this backward accumulates into ``.grad`` (``backward()``, not ``torch.autograd.grad``
+    nor ``backward(inputs=...)`` without the weight). Hooks that run after accumulation (DDP's, FSDP2's,
+    ``register_post_accumulate_grad_hook``) see the whole sum either way."""
+    if not weight.is_leaf or weight._backward_hooks:
+        return False
+    grad = weight.grad
+    if grad is None or type(grad) is not Tensor or grad.layout != torch.strided or grad.dtype != weight.dtype \
+            or grad.shape != weight.shape:
+        return False
+    try:
+        return torch._C._will_engine_execute_node(get_gradient_edge(weight).node)
+    except RuntimeError:                        # raised for a leaf under ``torch.autograd.grad``, which accumulates none
+        return False
+
+
+def _add_product(buffer: Tensor | None, a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
+    """``buffer + a @ b``, in place when there is a buffer; a new tensor of ``dtype`` when there is none."""
+    if buffer is None:
+        return (a @ b).to(dtype)
+    return buffer.addmm_(a, b) if a.dtype == buffer.dtype else buffer.add_(a @ b)
 
 
 class _ChunkLinear(torch.autograd.Function):
@@ -126,12 +154,15 @@ class _ChunkLinear(torch.autograd.Function):
     gradients into ``shared``'s buffers in place (``addmm_``) and hands autograd their sums once, at the last
     chunk's backward. Autograd alone makes a whole ``[V, H]`` weight gradient per chunk and sums them out of place
     (three at once at the peak); here there is one, and the parameter's gradient hooks (DDP's, FSDP2's) fire once,
-    with the whole gradient, as for one call."""
+    with the whole gradient, as for one call. When the parameter already has a gradient (:func:`_adds_into_grad`),
+    the chunks add straight into it and autograd gets zeros (a stride-0 view, no memory), so no ``[V, H]`` buffer
+    exists at all beyond ``.grad``."""
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, shared: _SharedGrads) -> Tensor:
         ctx.save_for_backward(hidden, weight)
         ctx.shared, ctx.has_bias = shared, bias is not None
+        ctx.weight = weight                                             # the parameter itself, for its ``.grad``
         return nn.functional.linear(hidden, weight, bias)
 
     @staticmethod
@@ -140,12 +171,9 @@ class _ChunkLinear(torch.autograd.Function):
         hidden, weight = ctx.saved_tensors                              # [n, H], [V, H]; grad [n, V]
         shared, h = ctx.shared, hidden.to(grad.dtype)                   # autocast: the forward ran in grad's dtype
         if ctx.needs_input_grad[1]:
-            if shared.weight is None:
-                shared.weight = (grad.t() @ h).to(weight.dtype)         # [V, H], kept in the weight's dtype
-            elif grad.dtype == weight.dtype:
-                shared.weight.addmm_(grad.t(), h)
-            else:
-                shared.weight.add_(grad.t() @ h)
+            if shared.weight is None and _adds_into_grad(ctx.weight):  # the first chunk's backward decides
+                shared.weight, shared.into_grad = ctx.weight.grad, True
+            shared.weight = _add_product(shared.weight, grad.t(), h, weight.dtype)     # [V, H], the weight's dtype
         if ctx.has_bias and ctx.needs_input_grad[2]:
             bias_grad = grad.sum(0).to(weight.dtype)                    # a Linear's bias has its weight's dtype
             shared.bias = bias_grad if shared.bias is None else shared.bias.add_(bias_grad)
@@ -153,8 +181,9 @@ class _ChunkLinear(torch.autograd.Function):
         shared.left -= 1
         if shared.left:
             return grad_hidden, None, None, None
-        grads = shared.weight, shared.bias
-        shared.left, shared.weight, shared.bias = shared.chunks, None, None             # a second backward anew
+        weight_grad = weight.new_zeros(()).expand_as(weight) if shared.into_grad else shared.weight
+        grads = weight_grad, shared.bias
+        shared.left, shared.weight, shared.bias, shared.into_grad = shared.chunks, None, None, False   # anew
         return grad_hidden, *grads, None
 
 
@@ -202,7 +231,8 @@ def hidden_token_logps(hidden: Tensor, head: nn.Module, labels: Tensor, temperat
     on into an arbitrary loss, so it is known only later.) Memory: autograd would make a whole ``[V, H]`` gradient
     of the output layer's weight per chunk and sum them out of place (three at once: 6.2 GiB at Qwen2.5-7B's
     output layer, more than 2048 tokens' logits save); a plain ``Linear`` layer is called through
-    :class:`_ChunkLinear`, which adds every chunk's into one buffer in place.
+    :class:`_ChunkLinear`, which adds every chunk's into one buffer in place, or straight into the weight's
+    ``.grad`` when it already exists (a later micro-batch of gradient accumulation), so no ``[V, H]`` buffer at all.
 
     Sharded weights: ``head`` is called as a module (or, a plain ``Linear``, on its weight as it is then), so
     hooks on it run. FSDP2 registers no hook on the output layer (it belongs to the root's parameter group): the

@@ -75,6 +75,7 @@ def main(kind: str, devices: int, batch_size: int, out: str, algorithm: str = "r
         sampling=Sampling(temperature=1.0, max_new_tokens=16), reward=PlusAndLength(), max_grad_norm=None,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, eps=1e-6, weight_decay=0.0))   # eps: see test_distributed
     module.policy.logps_chunk_tokens = 8            # several output-layer chunks a micro-batch, summed in one gradient
+    module.micro_batch_size = 2                     # and several micro-batches a step: the later ones add into .grad
     strategy = {"single": "auto", "ddp": "ddp",
                 "fsdp2": FSDP2()}[kind]                                  # data-parallel over num_nodes x devices
     losses = Losses()

@@ -26,6 +26,7 @@ import pytest
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
+from torch.autograd.graph import get_gradient_edge
 from torch.testing import assert_close
 from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -234,6 +235,36 @@ def test_the_chunks_weight_gradients_reach_the_parameter_once_summed():
     for name in ("weight", "bias"):
         for one, chunked in zip(grads[1024][name], grads[4][name]):
             assert_close(chunked, one, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("head", ["untied", "tied", "bias"])
+def test_a_second_micro_batch_adds_into_the_existing_gradient_in_place(head):
+    """Gradient accumulation over two micro-batches in chunks of 4: the first backward hands the output layer's
+    weight one summed gradient, the second adds straight into ``.grad`` and hands autograd a stride-0 zero view
+    (no ``[V, H]`` buffer; tied, the embedding's gradient is added to it, so what arrives is dense). Every
+    parameter's ``.grad`` is the float64 sum of both micro-batches' gradients, within the sum of their float32
+    bounds. Then ``torch.autograd.grad`` of a third batch returns its own gradient and leaves ``.grad`` as it was."""
+    toy = Toy(**HEADS[head])
+    micro = [batch(1), batch(2)]
+    incoming = []
+    accumulator = get_gradient_edge(toy.head.weight).node               # held: the parameter holds it weakly
+    accumulator.register_prehook(lambda grads: incoming.append(grads[0]))
+    for ids, labels, w_logps, w_entropy in micro:
+        logps, entropy = hidden_token_logps(toy.embed(ids), toy.head, labels, 0.9, 4, entropy=True)
+        (logps * w_logps + entropy * w_entropy).sum().backward()
+    assert len(incoming) == 2 and incoming[0].stride() != (0, 0)
+    assert (incoming[1].stride() == (0, 0)) is (head != "tied")
+    refs = [reference(toy, *b, 0.9) for b in micro]
+    bounds = [bound_of(toy, *b, 0.9, r) for b, r in zip(micro, refs)]
+    for name, p in toy.named_parameters():
+        err = (p.grad.double() - refs[0][name] - refs[1][name]).abs()
+        assert (err <= 2 * (bounds[0][name] + bounds[1][name])).all(), name
+    accumulated = {name: p.grad.clone() for name, p in toy.named_parameters()}
+    third = batch(3)
+    got, ref = ours(toy, *third, 0.9, 4), reference(toy, *third, 0.9)
+    assert_within({k: v for k, v in got.items() if k in accumulated}, ref, bound_of(toy, *third, 0.9, ref))
+    for name, p in toy.named_parameters():
+        assert torch.equal(p.grad, accumulated[name]), name             # the same tensors, untouched
 
 
 def test_chunks_under_bfloat16_autocast_give_the_one_chunk_gradients():
