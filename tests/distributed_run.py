@@ -8,7 +8,7 @@ no other node: start the script once per node with the environment a cluster lau
 ``MASTER_PORT``, ``NODE_RANK``, ``LOCAL_RANK``; tests/test_distributed.py does it on 127.0.0.1).
 
 Rank 0 writes the per-step global ``train/loss`` and the final weights (gathered under FSDP2; PPO's value head
-or separate critic too) to OUT_FILE.
+or separate critic too) to OUT_FILE, and under DDP the (batch, bucket index) of every gradient all-reduce.
 Sampling is seeded per prompt (``PromptSeededEngine``), so a prompt draws the same completions whichever rank
 and batch it lands in: 2 ranks x 2 prompts then see exactly the samples of 1 process x 4 prompts.
 """
@@ -23,6 +23,8 @@ import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from lit_rl import FSDP2, PPO, RLOO, CountdownData, CriticSettings, HFEngine, RewardFunction, Sampling, Score
 from lit_rl.export import merged_state_dict
@@ -47,6 +49,27 @@ class PromptSeededEngine(HFEngine):
                                      for p in parts]),
                           torch.cat([nn.functional.pad(p.completion_mask, (0, width - p.completion_mask.shape[1]))
                                      for p in parts]))
+
+
+REDUCED: list[tuple[int, int]] = []                                     # (batch, bucket) of each all-reduce here
+BATCH = [0]
+
+
+def counted_allreduce(state, bucket):
+    """DDP's own all-reduce of a gradient bucket, each call recorded (the training batch, the bucket's index)."""
+    REDUCED.append((BATCH[0], bucket.index()))
+    return allreduce_hook(state, bucket)
+
+
+class CountReductions(Callback):
+    """Installs :func:`counted_allreduce` on the DDP model (Lightning's ``ddp_comm_hook`` is for CUDA only)."""
+
+    def on_train_start(self, trainer, pl_module):
+        if isinstance(trainer.strategy.model, DistributedDataParallel):
+            trainer.strategy.model.register_comm_hook(None, counted_allreduce)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        BATCH[0] = batch_idx
 
 
 class PlusAndLength(RewardFunction):
@@ -82,7 +105,7 @@ def main(kind: str, devices: int, batch_size: int, out: str, algorithm: str = "r
     trainer = Trainer(accelerator="cpu", devices=devices, num_nodes=num_nodes, strategy=strategy, max_steps=3,
                       logger=CSVLogger(os.path.dirname(os.path.abspath(out)), name="", version=""),  # export dir
                       enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                      limit_val_batches=0, callbacks=[losses], default_root_dir=os.path.dirname(os.path.abspath(out)))
+                      limit_val_batches=0, callbacks=[losses, CountReductions()], default_root_dir=os.path.dirname(os.path.abspath(out)))
     trainer.fit(module, datamodule=CountdownData(batch_size=batch_size, train_size=64, val_size=4))
     weights = merged_state_dict(module.policy.model)                    # a collective under FSDP2: every rank
     if algorithm == "ppo":
@@ -91,6 +114,7 @@ def main(kind: str, devices: int, batch_size: int, out: str, algorithm: str = "r
         weights.update({f"critic.{k}": v for k, v in merged_state_dict(module.critic.model).items()})
     if trainer.is_global_zero:
         torch.save({"losses": losses.losses, "grad_norms": losses.grad_norms, "weights": weights, "world_size": trainer.world_size,
+                    "reduced": REDUCED,
                     "sharded": hasattr(module.policy.model.lm_head.weight, "full_tensor")}, out)
 
 

@@ -117,9 +117,14 @@ def test_two_nodes_match_one_process_with_the_same_global_batch(single, tmp_path
 
 def check_matches_single(parallel: dict, single: dict, kind: str, out_dir: Path) -> None:
     """2 ranks x 2 prompts against 1 x 4: the same losses, global gradient norms and weights, and rank 0's export
-    holds the gathered weights."""
+    holds the gathered weights. Under DDP each of the 3 optimizer steps all-reduces each gradient bucket once
+    (DDP rebuilds its buckets after the first), though each rank runs 2 micro-batches a step (4 rows,
+    ``micro_batch_size`` 2)."""
     assert parallel["world_size"] == 2 and single["world_size"] == 1
     assert parallel["sharded"] == (kind == "fsdp2")                    # FSDP2 really sharded the parameters
+    if kind == "ddp":                                   # 2 micro-batches a step, each bucket all-reduced once
+        reduced = parallel["reduced"]                                   # (batch, bucket index) per all-reduce
+        assert len(reduced) == len(set(reduced)) and {batch for batch, _ in reduced} == {0, 1, 2}, reduced
     assert len(parallel["losses"]) == len(single["losses"]) == 3
     assert_close(torch.tensor(parallel["losses"]), torch.tensor(single["losses"]), rtol=0, atol=LOSS_ATOL)
     assert_close(torch.tensor(parallel["grad_norms"]), torch.tensor(single["grad_norms"]), rtol=1e-4, atol=0)  # global norm

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from lit_rl.async_rollouts import RolloutPipeline, check_engine, deferred_logs, read_ahead
 from lit_rl.collect import replay
-from lit_rl.distributed import check_clipping, deepspeed_grad_norm, shards_parameters
+from lit_rl.distributed import check_clipping, deepspeed_grad_norm, gradient_sync, shards_parameters
 from lit_rl.objectives import Aggregation, KLEstimator, aggregate, kl_penalty, policy_gradient_loss, zero_std_groups
 from lit_rl.objectives import ImportanceSampling, logp_diff
 from lit_rl.modules.policy_module import PolicyModule, check_finite, check_finite_weights, gold_metrics
@@ -418,11 +418,13 @@ class RLModule(PolicyModule):
         """One optimizer step on ``batch``: micro-batches accumulate gradients under the batch's normaliser."""
         optimizer, normalisers = self.optimizers(), self.normalisers(batch)
         loss_sum = torch.zeros((), device=self.device)
-        for micro in batch.split(self.micro_batch_size, self.whole_groups, self.max_tokens_per_micro_batch):
+        micros = batch.split(self.micro_batch_size, self.whole_groups, self.max_tokens_per_micro_batch)
+        for i, micro in enumerate(micros):
             with self.timer("forward_backward"):
                 loss, micro_stats = self.micro_loss(micro, normalisers)
                 check_finite(loss, "loss", self.global_step)
-                self.manual_backward(loss)
+                with gradient_sync(self.trainer.strategy, last=i == len(micros) - 1):
+                    self.manual_backward(loss)
             loss_sum += loss.detach()
             for key, value in micro_stats.items():
                 stats[key] = stats.get(key, 0) + value.detach()
