@@ -19,6 +19,7 @@ environment a cluster launcher sets (:func:`launch_nodes`), since Lightning laun
 only. The same tolerances hold: the ranks add the same terms as on one node.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -184,6 +185,27 @@ def test_lit_rl_fit_on_two_nodes_writes_one_run_directory(tmp_path, tiny_model_d
     assert summary.startswith("rloo: ") and "2 steps" in summary
     assert summary in node0 and summary not in node1
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in node1, node1[-3000:]
+
+
+def test_erpd_on_two_nodes_trains_and_writes_its_history(tmp_path, tiny_model_dir):
+    """ERPD under DDP on 2 "nodes" x 1 process: it used to hang at its first step, where rank 0 alone read
+    ``trainer.log_dir`` (a broadcast) a second time to write ``erpd_history.jsonl``. Now both ranks train the
+    teacher stage's first steps and rank 0 writes the history (the base policy's record first), the metrics
+    and the checkpoint."""
+    command = [sys.executable, "-m", "lit_rl.cli", "fit", "--config", str(ROOT / "cli_configs" / "erpd_mse.yaml"),
+               "--config", str(ROOT / "cli_configs" / "strategies" / "ddp.yaml"), "--trainer.num_nodes", "2",
+               "--trainer.devices", "1", "--trainer.accelerator", "cpu", "--trainer.max_steps", "2",
+               "--model.init_args.model", tiny_model_dir, "--trainer.default_root_dir", str(tmp_path / "runs"),
+               "--model.init_args.sampling.max_new_tokens", "8", "--model.init_args.val_sampling.max_new_tokens", "8",
+               "--model.init_args.eval_size", "4", "--data.init_args.batch_size", "16", "--data.init_args.val_size", "4"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    launch_nodes(command, 2, tmp_path, env, timeout=300)
+    (run_dir,) = (tmp_path / "runs" / "erpd").iterdir()
+    history = [json.loads(line) for line in (run_dir / "erpd_history.jsonl").read_text().splitlines()]
+    assert history[0]["stage"] == "base", history
+    rows = [line for line in (run_dir / "metrics.csv").read_text().splitlines()[1:] if line]
+    assert "erpd/stage" in (run_dir / "metrics.csv").read_text().splitlines()[0] and len(rows) >= 2
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.parametrize("variables, zero", [

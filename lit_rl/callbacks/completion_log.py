@@ -41,7 +41,8 @@ class CompletionLog(RolloutCallback):
         self.written: str | None = None                                 # the file this run appends to
 
     def path(self, trainer: Trainer) -> Path | None:
-        return Path(trainer.log_dir, self.filename) if trainer.loggers and trainer.log_dir else None
+        log_dir = trainer.log_dir if trainer.loggers else None           # a broadcast: every rank asks, once
+        return Path(log_dir, self.filename) if log_dir else None
 
     def state_dict(self) -> dict[str, Any]:
         return {"path": self.written}

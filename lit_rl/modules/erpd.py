@@ -303,8 +303,9 @@ class ERPD(RLModule):
         return None if share is None else float(share)
 
     def write_history(self) -> None:
-        if self.trainer.loggers and self.trainer.log_dir is not None and self.trainer.is_global_zero:
-            self.schedule.write_history(Path(self.trainer.log_dir, "erpd_history.jsonl"))
+        log_dir = self.trainer.log_dir if self.trainer.loggers else None  # a broadcast: every rank asks, once
+        if log_dir is not None and self.trainer.is_global_zero:
+            self.schedule.write_history(Path(log_dir, "erpd_history.jsonl"))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
