@@ -29,7 +29,7 @@ position, so it trains the same prompts in the same order, and regenerates those
 weights (staleness 0 for the first of them), where the uninterrupted run had used older weights. The weights of a
 resumed asynchronous run therefore differ from the uninterrupted run's, and two asynchronous runs differ anyway:
 the engines' sampling draws from random streams that run beside the trainer's (torch's global generator for
-``CopyEngine``, the servers' own for ``VLLMServerEngine``) and are not checkpointed.
+``CopyEngine`` and a ``seeded`` ``VLLMServerEngine``'s seeds, the servers' own otherwise) in another thread.
 """
 
 import copy

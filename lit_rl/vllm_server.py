@@ -24,6 +24,7 @@ from lit_rl.stopping import eos_token_ids
 from lit_rl.vllm_engine import pack, sampling_settings
 
 WHO = "vLLM server"
+MAX_REQUESTS = 64                                                       # at once, all servers together
 START_HINT = ("start it with `lit-rl serve --model MODEL` (docs/engines-and-scale.md, \"vLLM servers\"), which sets "
               "VLLM_SERVER_DEV_MODE=1 and --logprobs-mode processed_logprobs")
 
@@ -64,8 +65,12 @@ class VLLMServerEngine(RolloutEngine):
          old head out": on the built-in model, 23 nats off the trainer's after scaling the embeddings by 1.3).
       3. A fresh directory per sync: a reload from a path already loaded has been reported to serve stale weights
          (vllm-project/vllm#32718).
-      4. Sampling uses the servers' random generators, not the trainer's: a run with this engine is not
-         reproducible bit for bit.
+      4. By default sampling uses the servers' random generators, which every request served draws from: a run is
+         not reproducible. With ``seeded`` each prompt goes as a request of its own with a seed drawn from torch's
+         global generator (set by ``seed_everything``, saved in checkpoints), its ``n`` samples seeded ``seed + j``
+         by vLLM: the same run on the same servers and weights samples the same completions again (up to the
+         server's batch-dependent rounding), and a resumed run goes on with the seeds the uninterrupted one drew.
+         One seed for a request of several prompts would give every prompt the same random draws.
 
     ``generate`` keeps no state between calls other than the one-time check, so a background producer may call it
     while the trainer trains; a sync while a request runs changes the weights under it (``version`` is read when
@@ -75,7 +80,7 @@ class VLLMServerEngine(RolloutEngine):
     not_in_background = None
 
     def __init__(self, urls: list[str], timeout_s: float = 600.0, retries: int = 2, backoff_s: float = 1.0,
-                 sync_dir: str | None = None, return_logps: bool = True) -> None:
+                 sync_dir: str | None = None, return_logps: bool = True, seeded: bool = False) -> None:
         """
         Args:
             urls: the servers' base addresses, e.g. ``["http://127.0.0.1:8000"]`` (a trailing ``/v1`` is dropped).
@@ -87,6 +92,8 @@ class VLLMServerEngine(RolloutEngine):
                 default: a temporary directory, removed when the engine is.
             return_logps: return the sampled tokens' log-probs (needed for ``rollout/logp_diff`` and
                 ``importance_sampling_cap``).
+            seeded: send each prompt as its own request with a seed from torch's global generator, so that a
+                seeded run samples reproducibly (departure 4).
         """
         if isinstance(urls, str) or not urls:
             raise ValueError(f"VLLMServerEngine needs a list of one or more server addresses (got {urls!r}), e.g. "
@@ -99,7 +106,7 @@ class VLLMServerEngine(RolloutEngine):
             raise ValueError(f"VLLMServerEngine: need timeout_s > 0, retries >= 0 and backoff_s >= 0 (got "
                              f"timeout_s={timeout_s}, retries={retries}, backoff_s={backoff_s})")
         self.timeout_s, self.retries, self.backoff_s = float(timeout_s), retries, float(backoff_s)
-        self.sync_dir, self.return_logps = sync_dir, return_logps
+        self.sync_dir, self.return_logps, self.seeded = sync_dir, return_logps, seeded
         self.version = 0                                                # weight syncs so far
         self.served_names: dict[str, str] | None = None                # url -> the name it serves its model under
         self.weights_dir: Path | None = None                            # the servers' current weights
@@ -121,10 +128,15 @@ class VLLMServerEngine(RolloutEngine):
         settings = {k: v for k, v in sampling_settings(sampling, n, self.eos_token_ids, self.return_logps).items()
                     if v is not None}
         version, with_logps = self.version, "logprobs" in settings
-        shares = split(len(prompts), len(self.urls))
-        with ThreadPoolExecutor(len(shares)) as pool:
-            answers = list(pool.map(lambda s: self.complete(self.urls[s[0]], prompts[s[1]:s[2]], settings),
-                                    [(i, a, b) for i, (a, b) in enumerate(shares)]))
+        shares = [(self.urls[i], a, b) for i, (a, b) in enumerate(split(len(prompts), len(self.urls)))]
+        if self.seeded and sampling.temperature > 0:                    # one request per prompt, each its seed
+            seeds = torch.randint(0, 2**31 - n, (len(prompts),)).tolist()
+            requests = [(url, prompts[p:p + 1], {**settings, "seed": seeds[p]}) for url, a, b in shares
+                        for p in range(a, b)]
+        else:
+            requests = [(url, prompts[a:b], settings) for url, a, b in shares]
+        with ThreadPoolExecutor(min(len(requests), MAX_REQUESTS)) as pool:
+            answers = list(pool.map(lambda r: self.complete(*r), requests))
         rows = [row for answer in answers for row in answer]            # prompt-major, in the batch's order
         logps = [lp for _, lp in rows] if with_logps else None
         return pack([ids for ids, _ in rows], logps, self.eos_token_ids, sampling.stop, self.tokenizer,

@@ -124,6 +124,33 @@ def test_rows_are_split_across_servers_and_come_back_in_order(fakes, tiny):
     assert split(5, 2) == [(0, 3), (3, 5)] and split(1, 3) == [(0, 1)]
 
 
+def test_a_seeded_engine_sends_each_prompt_alone_with_a_seed_from_torchs_generator(fakes, tiny):
+    """``seeded``: 5 prompts on 2 servers go as 5 requests of one prompt (3 and 2, to each prompt's server), each
+    with its own seed; the seeds follow ``torch.manual_seed`` (the same seed sends the same ones again, another
+    seed others) and leave room for vLLM's ``seed + j`` of the ``n`` samples. Rows still come back prompt-major
+    in the batch's order. Greedy requests carry no seed and are not split."""
+    engine = engine_on([f.url for f in fakes], tiny, seeded=True)
+    ids, mask = tiny.encode_prompts(PROMPTS, 8)
+    sent = []
+    for seed in (1, 1, 2):
+        for f in fakes:
+            f.posts.clear()
+        torch.manual_seed(seed)
+        gen = engine.generate(ids, mask, Sampling(temperature=1.0, max_new_tokens=8), n=2)
+        bodies = [[body for path, body in f.posts if path == "/v1/completions"] for f in fakes]
+        assert [[len(b["prompt"]) for b in server] for server in bodies] == [[1, 1, 1], [1, 1]]
+        by_prompt = {tuple(b["prompt"][0]): b["seed"] for server in bodies for b in server}
+        sent.append([by_prompt[tuple(row[m.bool()].tolist())] for row, m in zip(ids, mask)])
+        firsts = [row[m.bool()][0].item() for row, m in zip(ids, mask)]
+        assert gen.completion_ids[:, 0].tolist() == [f for f in firsts for _ in range(2)]
+    assert sent[0] == sent[1] != sent[2] and len(set(sent[0])) == 5 and all(0 <= v < 2**31 - 2 for v in sent[0])
+    for f in fakes:
+        f.posts.clear()
+    engine.generate(ids, mask, GREEDY)
+    bodies = [body for f in fakes for path, body in f.posts if path == "/v1/completions"]
+    assert len(bodies) == 2 and not any("seed" in b for b in bodies)
+
+
 def test_each_sync_writes_a_fresh_directory_with_the_tied_head_and_reloads_every_server(fakes, tiny):
     assert tiny.model.config.tie_word_embeddings
     engine = engine_on([f.url for f in fakes], tiny)
@@ -361,6 +388,25 @@ def test_two_servers_return_every_row_in_order_and_a_dead_one_is_named(servers, 
                                                 r"tries \(retries=1\)"):
         greedy(engine, policy)
     assert time.perf_counter() - start < 10
+
+
+def test_a_seeded_engine_samples_the_same_completions_from_the_same_seed(server):
+    """``seeded`` on a real server: from one ``torch.manual_seed`` two calls sample the same completions (at most
+    one of 20 rows may differ, for a draw that the server's batch-dependent rounding moves across a boundary),
+    though the server served other requests between them; another seed samples others."""
+    policy = Policy.load(MODEL)
+    engine = VLLMServerEngine([server], seeded=True)
+    engine.bind(policy.model, policy.tokenizer)
+    ids, mask = policy.encode_prompts(PROMPTS, 16)
+    sampling = Sampling(temperature=1.0, max_new_tokens=16)
+    runs = []
+    for seed in (3, 3, 4):
+        torch.manual_seed(seed)
+        gen = engine.generate(ids, mask, sampling, n=4)
+        runs.append([row[m.bool()].tolist() for row, m in zip(gen.completion_ids, gen.completion_mask)])
+        engine.complete(server, [[5, 6, 7]], {"n": 3, "temperature": 1.0, "max_tokens": 8})   # the server's own draws
+    assert sum(a == b for a, b in zip(runs[0], runs[1])) >= 19
+    assert sum(a == b for a, b in zip(runs[0], runs[2])) < 10
 
 
 def test_a_server_that_is_not_there_is_named_quickly(tiny):
