@@ -23,7 +23,7 @@ ADDED_SETTINGS = {"model.init_args.num_iterations": 1, "model.init_args.mini_bat
                   "model.init_args.val_samples": 1, "model.init_args.model_kwargs": None,
                   "model.init_args.sync_every_n_steps": 1, "model.init_args.max_staleness": 0,
                   "model.init_args.importance_sampling": None, "model.init_args.max_tokens_per_micro_batch": None,
-                  "model.init_args.critic": None}
+                  "model.init_args.critic": None, "model.init_args.engine.init_args.seeded": False}
 # Settings that change what is logged, not the run: a resume may switch them.
 LOGGING_SETTINGS = frozenset({"model.init_args.log_kl"})
 

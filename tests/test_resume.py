@@ -200,3 +200,17 @@ def test_settings_added_inside_a_list_of_rewards_resume_at_their_defaults():
     assert differences(config(1.0), config(1.0, **new), ("model",)) == []
     assert differences(config(1.0), config(2.0, **new), ("model",)) == [
         ("model.init_args.reward.init_args.weights.0", 1.0, 2.0)]
+
+
+def test_a_server_engine_checkpointed_before_seeded_existed_resumes_unseeded():
+    """``VLLMServerEngine(seeded=...)`` is newer than some checkpoints: one without the setting ran unseeded, so it
+    resumes with ``seeded: false`` and is refused, by name, with ``seeded: true``."""
+    from lit_rl.resume import differences
+
+    def config(**added):
+        engine = {"class_path": "lit_rl.VLLMServerEngine", "init_args": {"urls": ["http://127.0.0.1:8000"], **added}}
+        return {"model": {"class_path": "lit_rl.GRPO", "init_args": {"engine": engine}}}
+
+    assert differences(config(), config(seeded=False), ("model",)) == []
+    assert differences(config(), config(seeded=True), ("model",)) == [
+        ("model.init_args.engine.init_args.seeded", False, True)]
