@@ -120,7 +120,6 @@ class _SharedGrads:
         self.chunks, self.left = chunks, chunks
         self.weight: Tensor | None = None
         self.bias: Tensor | None = None
-        self.into_grad = False                                          # ``weight`` is the parameter's ``.grad``
 
 
 def _adds_into_grad(weight: Tensor) -> bool:
@@ -172,7 +171,7 @@ class _ChunkLinear(torch.autograd.Function):
         shared, h = ctx.shared, hidden.to(grad.dtype)                   # autocast: the forward ran in grad's dtype
         if ctx.needs_input_grad[1]:
             if shared.weight is None and _adds_into_grad(ctx.weight):  # the first chunk's backward decides
-                shared.weight, shared.into_grad = ctx.weight.grad, True
+                shared.weight = ctx.weight.grad
             shared.weight = _add_product(shared.weight, grad.t(), h, weight.dtype)     # [V, H], the weight's dtype
         if ctx.has_bias and ctx.needs_input_grad[2]:
             bias_grad = grad.sum(0).to(weight.dtype)                    # a Linear's bias has its weight's dtype
@@ -181,9 +180,9 @@ class _ChunkLinear(torch.autograd.Function):
         shared.left -= 1
         if shared.left:
             return grad_hidden, None, None, None
-        weight_grad = weight.new_zeros(()).expand_as(weight) if shared.into_grad else shared.weight
-        grads = weight_grad, shared.bias
-        shared.left, shared.weight, shared.bias, shared.into_grad = shared.chunks, None, None, False   # anew
+        into_grad = shared.weight is not None and shared.weight is ctx.weight.grad
+        grads = weight.new_zeros(()).expand_as(weight) if into_grad else shared.weight, shared.bias
+        shared.left, shared.weight, shared.bias = shared.chunks, None, None             # a second backward anew
         return grad_hidden, *grads, None
 
 
